@@ -1,0 +1,308 @@
+//! `scour policy check | eval | test`: the offline policy harness.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use scour_policy_sdk::{Action, Snapshot};
+use serde_json::json;
+
+use super::{EXIT_FAILURE, Output};
+use crate::output::{Table, short_id};
+use crate::policy::golden::{Case, run_case};
+use crate::policy::{ArtifactCache, Budget, Limits, LoadedPolicy, PolicyEngine, PolicySource, WORLD};
+use crate::units::{format_bytes, parse_bytes, parse_duration};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Compile and type-check a policy, validate its settings, and describe it.
+    Check {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        settings: SettingsArg,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run a policy on a node snapshot and show each image's verdict.
+    Eval {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        settings: SettingsArg,
+        /// Snapshot file (JSON or YAML), e.g. from `scour worker --snapshot-out`.
+        #[arg(long, value_name = "SNAPSHOT")]
+        input: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run golden cases against a policy; exits non-zero if any fails.
+    Test {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Instruction budget per call. Fuel makes runs deterministic: a case
+        /// fails the same way on every machine.
+        #[arg(long, env = "SCOUR_POLICY_FUEL", default_value_t = Limits::DEFAULT_FUEL)]
+        fuel: u64,
+        /// Case files, or directories searched for *.yaml, *.yml and *.json.
+        #[arg(required = true, value_name = "CASE_FILE_OR_DIR")]
+        cases: Vec<PathBuf>,
+    },
+}
+
+/// Which policy to run, and its sandbox limits.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Policy component (.wasm). Without it, the built-in default policy runs.
+    #[arg(long, env = "SCOUR_POLICY", value_name = "P.wasm")]
+    pub policy: Option<PathBuf>,
+    /// Wall-clock deadline for each policy call.
+    #[arg(long, env = "SCOUR_POLICY_TIMEOUT", default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
+    pub policy_timeout: Duration,
+    /// Memory cap for each policy call, e.g. 64MiB.
+    #[arg(long, env = "SCOUR_POLICY_MEMORY", default_value = "64MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub policy_memory: u64,
+    /// Where compiled policies are cached [default: $XDG_CACHE_HOME/scour/policies].
+    #[arg(long, env = "SCOUR_POLICY_CACHE_DIR", value_name = "DIR")]
+    pub policy_cache_dir: Option<PathBuf>,
+    /// Compile the policy every time instead of using the cache.
+    #[arg(long, env = "SCOUR_NO_POLICY_CACHE")]
+    pub no_policy_cache: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SettingsArg {
+    /// Policy settings file (JSON for the default policy). Without it the
+    /// policy uses its defaults.
+    #[arg(long, env = "SCOUR_SETTINGS", value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+}
+
+impl SettingsArg {
+    pub fn read(&self) -> Result<String> {
+        match &self.settings {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading settings {}", p.display())),
+            None => Ok(String::new()),
+        }
+    }
+}
+
+impl PolicyArgs {
+    pub fn source(&self) -> PolicySource {
+        PolicySource::from_option(self.policy.clone())
+    }
+
+    fn cache(&self) -> Option<ArtifactCache> {
+        if self.no_policy_cache {
+            return None;
+        }
+        self.policy_cache_dir
+            .clone()
+            .or_else(ArtifactCache::default_dir)
+            .map(ArtifactCache::new)
+    }
+
+    /// Production limits: the deadline and memory cap from the flags.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            budget: Budget::Deadline(self.policy_timeout),
+            memory_bytes: self.policy_memory as usize,
+        }
+    }
+
+    pub fn engine(&self, limits: Limits) -> Result<PolicyEngine> {
+        Ok(PolicyEngine::new(limits, self.cache())?)
+    }
+
+    pub fn load(&self, limits: Limits, settings: &str) -> Result<LoadedPolicy> {
+        let engine = self.engine(limits)?;
+        let source = self.source();
+        let bytes = source.read()?;
+        Ok(LoadedPolicy::load(&engine, &bytes, &source.origin(), settings)?)
+    }
+}
+
+pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check {
+            policy,
+            settings,
+            output,
+        } => check(&policy, &settings, output),
+        PolicyCommand::Eval {
+            policy,
+            settings,
+            input,
+            output,
+        } => eval(&policy, &settings, &input, output),
+        PolicyCommand::Test { policy, fuel, cases } => test(&policy, fuel, &cases),
+    }
+}
+
+fn check(args: &PolicyArgs, settings: &SettingsArg, output: Output) -> Result<ExitCode> {
+    let text = settings.read()?;
+    let p = args.load(args.limits(), &text)?;
+    let (exports, imports) = p.describe_component();
+    let stats = p.stats();
+    let settings_note = match &settings.settings {
+        Some(path) => format!("ok ({})", path.display()),
+        None => "ok (policy defaults)".to_owned(),
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "origin": p.origin(),
+                "name": p.info().name,
+                "version": p.info().version,
+                "digest": p.digest(),
+                "sizeBytes": p.size(),
+                "compileMillis": stats.compile.as_secs_f64() * 1e3,
+                "fromCache": stats.from_cache,
+                "world": WORLD,
+                "exports": exports,
+                "imports": imports,
+                "maxFindings": p.info().max_findings,
+                "settings": "ok",
+            }))?
+        ),
+        Output::Table => {
+            let mut t = Table::new(["FIELD", "VALUE"]);
+            t.row(["policy".to_owned(), p.origin().to_owned()]);
+            t.row(["name".to_owned(), format!("{} {}", p.info().name, p.info().version)]);
+            t.row(["digest", p.digest()]);
+            t.row([
+                "size".to_owned(),
+                format!("{} ({} bytes)", format_bytes(p.size() as u64), p.size()),
+            ]);
+            t.row([
+                "compile".to_owned(),
+                format!(
+                    "{:.1} ms{}",
+                    stats.compile.as_secs_f64() * 1e3,
+                    if stats.from_cache { " (from cache)" } else { "" }
+                ),
+            ]);
+            t.row(["world", WORLD]);
+            t.row(["exports".to_owned(), exports.join(", ")]);
+            t.row(["imports".to_owned(), imports.join(", ")]);
+            t.row(["findings".to_owned(), format!("{} per image", p.info().max_findings)]);
+            t.row(["settings".to_owned(), settings_note]);
+            print!("{}", t.render());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a snapshot as JSON (by extension) or YAML.
+pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading snapshot {}", path.display()))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(anyhow::Error::from)
+    } else {
+        serde_yaml::from_str(&text).map_err(anyhow::Error::from)
+    };
+    parsed.with_context(|| format!("snapshot {} is not valid", path.display()))
+}
+
+fn eval(args: &PolicyArgs, settings: &SettingsArg, input: &Path, output: Output) -> Result<ExitCode> {
+    let snapshot = read_snapshot(input)?;
+    let p = args.load(args.limits(), &settings.read()?)?;
+    let selected = p.select(&snapshot.context, &snapshot.images)?;
+    let decided = p.decide(&snapshot.context, &snapshot.images)?;
+    let removals = decided.decisions.iter().filter(|d| d.action == Action::Remove).count();
+    match output {
+        Output::Json => {
+            let decisions: Vec<_> = decided
+                .decisions
+                .iter()
+                .zip(&snapshot.images)
+                .map(|(d, img)| {
+                    json!({
+                        "id": d.id,
+                        "image": img.display_name(),
+                        "selected": selected.contains(&d.id),
+                        "action": d.action,
+                        "reason": d.reason,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "policy": {"name": p.info().name, "version": p.info().version, "digest": decided.policy_digest, "origin": p.origin()},
+                    "node": snapshot.context.node,
+                    "mode": snapshot.context.mode,
+                    "selected": selected,
+                    "decisions": decisions,
+                }))?
+            );
+        }
+        Output::Table => {
+            let mut t = Table::new(["IMAGE", "ID", "SCAN", "ACTION", "REASON"]);
+            for (d, img) in decided.decisions.iter().zip(&snapshot.images) {
+                t.row([
+                    img.display_name(),
+                    short_id(&img.id),
+                    if selected.contains(&img.id) { "selected" } else { "-" },
+                    d.action.as_str(),
+                    &d.reason,
+                ]);
+            }
+            print!("{}", t.render());
+            println!(
+                "\n{} images: {removals} to remove, {} to keep; {} selected for scanning. policy {} {} ({})",
+                snapshot.images.len(),
+                snapshot.images.len() - removals,
+                selected.len(),
+                p.info().name,
+                p.info().version,
+                short_id(&decided.policy_digest),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(args: &PolicyArgs, fuel: u64, paths: &[PathBuf]) -> Result<ExitCode> {
+    let cases = Case::load_all(paths)?;
+    let limits = Limits {
+        budget: Budget::Fuel(fuel),
+        memory_bytes: args.policy_memory as usize,
+    };
+    let p = args.load(limits, "")?;
+    println!(
+        "testing {} {} ({}) with {} cases",
+        p.info().name,
+        p.info().version,
+        short_id(p.digest()),
+        cases.len()
+    );
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for case in &cases {
+        let report = run_case(&p, case);
+        let file = case
+            .file
+            .as_deref()
+            .map(|f| format!("  ({})", f.display()))
+            .unwrap_or_default();
+        if report.passed() {
+            passed += 1;
+            println!("ok      {}{file}", case.name);
+        } else {
+            failed += 1;
+            println!("FAILED  {}{file}", case.name);
+            for problem in &report.problems {
+                println!("          {problem}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
+}

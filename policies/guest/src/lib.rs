@@ -1,0 +1,174 @@
+//! WIT glue for scour policies written in Rust.
+//!
+//! Implement [`Policy`] on the SDK's plain types and export it:
+//!
+//! ```ignore
+//! struct MyPolicy;
+//! impl scour_policy_guest::Policy for MyPolicy { /* … */ }
+//! scour_policy_guest::export_policy!(MyPolicy);
+//! ```
+//!
+//! The conversions from WIT values move every string, so they cost next to
+//! nothing beside the canonical ABI itself.
+
+pub use scour_policy_sdk as sdk;
+use scour_policy_sdk::{
+    Action, Context, Decision, Finding, Image, ImageFs, Mode, OsInfo, PolicyInfo, ScanOutcome, ScanReport, Severity,
+    SeverityCount, VulnSummary,
+};
+
+extern crate self as scour_policy_guest;
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "policy",
+        pub_export_macro: true,
+        export_macro_name: "__export_policy_world",
+        default_bindings_module: "scour_policy_guest::bindings",
+        runtime_path: "scour_policy_guest::__wit_bindgen::rt",
+    });
+}
+
+use bindings::scour::policy::types as wit;
+
+/// A cleanup policy. Every call gets the raw settings string; parse it with
+/// [`sdk::settings::Settings`] so errors name the key.
+pub trait Policy {
+    /// Name, version and how many findings per image the policy reads.
+    fn info() -> PolicyInfo;
+
+    /// Rejects bad settings with a message that names the key.
+    fn validate_settings(settings: &str) -> Result<(), String>;
+
+    /// Ids of the images worth a vulnerability scan.
+    fn select(settings: &str, ctx: &Context, images: &[Image]) -> Result<Vec<String>, String>;
+
+    /// A verdict per image; images left out are kept.
+    fn decide(settings: &str, ctx: &Context, images: &[Image]) -> Result<Vec<Decision>, String>;
+}
+
+/// Exports a [`Policy`] implementation as the component's `policy` world.
+#[macro_export]
+macro_rules! export_policy {
+    ($ty:ident) => {
+        $crate::bindings::__export_policy_world!($ty with_types_in $crate::bindings);
+    };
+}
+
+impl<T: Policy> bindings::Guest for T {
+    fn info() -> wit::PolicyInfo {
+        let i = T::info();
+        wit::PolicyInfo {
+            name: i.name,
+            version: i.version,
+            max_findings: i.max_findings,
+        }
+    }
+
+    fn validate_settings(settings: String) -> Result<(), String> {
+        T::validate_settings(&settings)
+    }
+
+    fn select(settings: String, ctx: wit::Context, images: Vec<wit::Image>) -> Result<Vec<String>, String> {
+        T::select(&settings, &context(ctx), &convert_images(images))
+    }
+
+    fn decide(settings: String, ctx: wit::Context, images: Vec<wit::Image>) -> Result<Vec<wit::Decision>, String> {
+        let decisions = T::decide(&settings, &context(ctx), &convert_images(images))?;
+        Ok(decisions
+            .into_iter()
+            .map(|d| wit::Decision {
+                id: d.id,
+                action: match d.action {
+                    Action::Keep => wit::Action::Keep,
+                    Action::Remove => wit::Action::Remove,
+                },
+                reason: d.reason,
+            })
+            .collect())
+    }
+}
+
+fn context(c: wit::Context) -> Context {
+    Context {
+        node: c.node,
+        node_labels: c.node_labels,
+        now: c.now,
+        mode: match c.mode {
+            wit::Mode::Automatic => Mode::Automatic,
+            wit::Mode::Manual => Mode::Manual,
+        },
+        imagelist: c.imagelist,
+        exclusions: c.exclusions,
+        image_fs: c.image_fs.map(|f| ImageFs {
+            used_bytes: f.used_bytes,
+            capacity_bytes: f.capacity_bytes,
+        }),
+    }
+}
+
+fn convert_images(images: Vec<wit::Image>) -> Vec<Image> {
+    images.into_iter().map(image).collect()
+}
+
+fn image(i: wit::Image) -> Image {
+    Image {
+        id: i.id,
+        tags: i.tags,
+        digests: i.digests,
+        size: i.size,
+        pinned: i.pinned,
+        in_use: i.in_use,
+        first_seen: i.first_seen,
+        scan: match i.scan {
+            wit::ScanOutcome::NotScanned => ScanOutcome::NotScanned,
+            wit::ScanOutcome::Failed(reason) => ScanOutcome::Failed(reason),
+            wit::ScanOutcome::Scanned(r) => ScanOutcome::Scanned(ScanReport {
+                os: r.os.map(|o| OsInfo {
+                    family: o.family,
+                    name: o.name,
+                    eol: o.eol,
+                }),
+                summary: summary(r.summary),
+                findings: r.findings.into_iter().map(finding).collect(),
+            }),
+        },
+    }
+}
+
+fn count(c: wit::SeverityCount) -> SeverityCount {
+    SeverityCount {
+        total: c.total,
+        fixable: c.fixable,
+    }
+}
+
+fn summary(s: wit::VulnSummary) -> VulnSummary {
+    VulnSummary {
+        unknown: count(s.unknown),
+        low: count(s.low),
+        medium: count(s.medium),
+        high: count(s.high),
+        critical: count(s.critical),
+    }
+}
+
+fn finding(f: wit::Finding) -> Finding {
+    Finding {
+        id: f.id,
+        pkg: f.pkg,
+        installed: f.installed,
+        fixed: f.fixed,
+        severity: match f.severity {
+            wit::Severity::Unknown => Severity::Unknown,
+            wit::Severity::Low => Severity::Low,
+            wit::Severity::Medium => Severity::Medium,
+            wit::Severity::High => Severity::High,
+            wit::Severity::Critical => Severity::Critical,
+        },
+    }
+}

@@ -1,0 +1,24 @@
+//! The scour policy SDK: what the host and every Rust policy share.
+//!
+//! - [`reference`]: Docker image reference parsing and normalisation;
+//! - [`pattern`]: exclusion and ImageList matching, the single implementation
+//!   used by the host's guards and compiled into every Rust guest;
+//! - [`severity`]: vulnerability severities;
+//! - [`model`]: the policy's view of a node and the snapshot file format;
+//! - [`settings`]: strict JSON settings whose errors name the key.
+//!
+//! The crate is plain Rust with no WebAssembly-only code. Guests get their WIT
+//! glue from `scour-policy-guest`.
+
+pub mod model;
+pub mod pattern;
+pub mod reference;
+pub mod settings;
+pub mod severity;
+
+pub use model::{
+    Action, Context, Decision, Finding, Image, ImageFs, Mode, OsInfo, PolicyInfo, ScanOutcome, ScanReport, ScanStatus,
+    SeverityCount, Snapshot, VulnSummary,
+};
+pub use pattern::{ImageNames, Pattern, PatternError, PatternSet};
+pub use severity::Severity;
