@@ -37,6 +37,7 @@ fn main() {
         "policies/default/src",
         "policies/default/Cargo.toml",
         "Cargo.lock",
+        "Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }

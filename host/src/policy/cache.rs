@@ -45,15 +45,22 @@ impl ArtifactCache {
 
     pub(crate) fn load(&self, engine: &Engine, digest: &str, compatibility: &str) -> Option<Component> {
         let path = self.path_for(digest, compatibility);
-        if !path.is_file() {
-            return None;
-        }
+        // Read, not mmap: a mapped artifact truncated by anyone else would
+        // take the process down with SIGBUS.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read cached policy artifact");
+                return None;
+            }
+        };
         // SAFETY: the file was written by `store` below from
         // `Component::serialize` for an engine with the same compatibility
         // key, in a directory only scour writes to. wasmtime still checks the
         // artifact's header and engine settings before using it.
         #[allow(unsafe_code)]
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached policy artifact");

@@ -88,6 +88,10 @@ impl PolicyEngine {
             Budget::Deadline(_) => config.epoch_interruption(true),
             Budget::Fuel(_) => config.consume_fuel(true),
         };
+        // Lets `perf` name JIT-compiled policy functions when profiling.
+        if std::env::var("SCOUR_POLICY_PROFILER").as_deref() == Ok("perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;

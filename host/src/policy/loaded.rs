@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use scour_policy_sdk::{Context, Decision, Image, PolicyInfo};
 use wasmtime::Store;
+use wasmtime::component::Instance;
 
+use super::abi::{self, ContextArg, ImageArg};
 use super::engine::StoreState;
-use super::{AnswerError, Call, Error, PolicyEngine, Result, convert, digest_of};
+use super::{AnswerError, Call, Error, PolicyEngine, Result, digest_of};
 
 pub(crate) mod wit {
     wasmtime::component::bindgen!({ path: "../wit", world: "policy" });
-    pub use scour::policy::types::*;
+    pub use self::scour::policy::types::*;
 }
 
 /// The WIT world every policy must export.
@@ -87,15 +89,17 @@ impl LoadedPolicy {
             settings: String::new(),
             stats,
         };
-        policy.info = convert::info(policy.call(Call::Info, 0, |p, s| p.call_info(s))?);
+        policy.info = abi::info(policy.call(Call::Info, 0, |i, s| wit::Policy::new(&mut *s, i)?.call_info(s))?);
         policy.info.max_findings = policy.info.max_findings.min(MAX_FINDINGS_CAP);
         policy.with_settings(settings)
     }
 
     /// The same component with other settings, validated first.
     pub fn with_settings(&self, settings: &str) -> Result<Self> {
-        self.call(Call::ValidateSettings, 0, |p, s| p.call_validate_settings(s, settings))?
-            .map_err(Error::SettingsRejected)?;
+        self.call(Call::ValidateSettings, 0, |i, s| {
+            wit::Policy::new(&mut *s, i)?.call_validate_settings(s, settings)
+        })?
+        .map_err(Error::SettingsRejected)?;
         Ok(Self {
             settings: settings.to_owned(),
             ..self.clone()
@@ -144,38 +148,54 @@ impl LoadedPolicy {
 
     /// Ids of the images the policy wants scanned, each offered and unique.
     pub fn select(&self, ctx: &Context, images: &[Image]) -> Result<Vec<String>> {
-        let wit_ctx = convert::context(ctx);
-        let wit_images = convert::images(images, false, 0);
-        let ids = self
-            .call(Call::Select, ctx.now, |p, s| {
-                p.call_select(s, &self.settings, &wit_ctx, &wit_images)
-            })?
-            .map_err(|message| Error::Rejected {
-                call: Call::Select,
-                message,
-            })?;
+        let args = (
+            self.settings.as_str(),
+            &abi::context(ctx),
+            abi::images(images, false, 0),
+        );
+        let (answer,) = self.call(Call::Select, ctx.now, |i, s| {
+            i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<String>, String>,)>(&mut *s, "select")?
+                .call(s, (args.0, args.1, &args.2))
+        })?;
+        let ids = answer.map_err(|message| Error::Rejected {
+            call: Call::Select,
+            message,
+        })?;
+        let invalid = |problem| Error::InvalidAnswer {
+            call: Call::Select,
+            problem,
+        };
+        if ids.len() > images.len() {
+            return Err(invalid(AnswerError::TooMany {
+                got: ids.len(),
+                offered: images.len(),
+            }));
+        }
         let mut index = OfferedIds::new(images);
         for id in &ids {
-            index.claim(id).map_err(|problem| Error::InvalidAnswer {
-                call: Call::Select,
-                problem,
-            })?;
+            index.claim(id).map_err(invalid)?;
         }
         Ok(ids)
     }
 
     /// A verdict on every image. Images the policy left out are kept.
     pub fn decide(&self, ctx: &Context, images: &[Image]) -> Result<DecisionSet> {
-        let wit_ctx = convert::context(ctx);
-        let wit_images = convert::images(images, true, self.info.max_findings as usize);
-        let answer = self
-            .call(Call::Decide, ctx.now, |p, s| {
-                p.call_decide(s, &self.settings, &wit_ctx, &wit_images)
-            })?
-            .map_err(|message| Error::Rejected {
-                call: Call::Decide,
-                message,
-            })?;
+        let max_findings = self.info.max_findings as usize;
+        let args = (
+            self.settings.as_str(),
+            &abi::context(ctx),
+            abi::images(images, true, max_findings),
+        );
+        let (answer,) = self.call(Call::Decide, ctx.now, |i, s| {
+            i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<wit::Decision>, String>,)>(
+                &mut *s, "decide",
+            )?
+            .call(s, (args.0, args.1, &args.2))
+        })?;
+        let answer = answer.map_err(|message| Error::Rejected {
+            call: Call::Decide,
+            message,
+        })?;
         let invalid = |problem| Error::InvalidAnswer {
             call: Call::Decide,
             problem,
@@ -192,7 +212,7 @@ impl LoadedPolicy {
             let at = index.claim(&d.id).map_err(invalid)?;
             decisions[at] = Some(Decision {
                 id: d.id,
-                action: convert::action(d.action),
+                action: abi::action(d.action),
                 reason: bounded(d.reason),
             });
         }
@@ -212,42 +232,55 @@ impl LoadedPolicy {
         &self,
         call: Call,
         now: u64,
-        f: impl FnOnce(&wit::Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Instance, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
         let mut store = self.engine.new_store(now);
-        let policy = match self.pre.instantiate(&mut store) {
-            Ok(p) => p,
+        let instance = match self.pre.instance_pre().instantiate(&mut store) {
+            Ok(i) => i,
             Err(e) => return Err(self.engine.classify(Call::Instantiate, &store, e)),
         };
-        f(&policy, &mut store).map_err(|e| self.engine.classify(call, &store, e))
+        f(&instance, &mut store).map_err(|e| self.engine.classify(call, &store, e))
     }
 }
 
-/// Offered image ids, each claimable once.
+/// Offered image ids, each claimable once. Policies usually answer in input
+/// order, which is checked without hashing; anything else falls back to an
+/// index.
 struct OfferedIds<'a> {
-    index: HashMap<&'a str, (usize, bool)>,
+    images: &'a [Image],
+    claimed: Vec<bool>,
+    next: usize,
+    index: Option<HashMap<&'a str, usize>>,
 }
 
 impl<'a> OfferedIds<'a> {
     fn new(images: &'a [Image]) -> Self {
         Self {
-            index: images
-                .iter()
-                .enumerate()
-                .map(|(i, img)| (img.id.as_str(), (i, false)))
-                .collect(),
+            images,
+            claimed: vec![false; images.len()],
+            next: 0,
+            index: None,
         }
     }
 
     fn claim(&mut self, id: &str) -> Result<usize, AnswerError> {
-        match self.index.get_mut(id) {
-            None => Err(AnswerError::UnknownId(bounded(id.to_owned()))),
-            Some((_, true)) => Err(AnswerError::DuplicateId(id.to_owned())),
-            Some((at, claimed)) => {
-                *claimed = true;
-                Ok(*at)
+        let at = match self.images.get(self.next) {
+            Some(img) if img.id == id => self.next,
+            _ => {
+                let images = self.images;
+                let index = self
+                    .index
+                    .get_or_insert_with(|| images.iter().enumerate().map(|(i, img)| (img.id.as_str(), i)).collect());
+                *index
+                    .get(id)
+                    .ok_or_else(|| AnswerError::UnknownId(bounded(id.to_owned())))?
             }
+        };
+        if std::mem::replace(&mut self.claimed[at], true) {
+            return Err(AnswerError::DuplicateId(bounded(id.to_owned())));
         }
+        self.next = at + 1;
+        Ok(at)
     }
 }
 

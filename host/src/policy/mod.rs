@@ -10,8 +10,8 @@
 //! - [`golden`]: the policy's own test cases, used by `scour policy test` and
 //!   as a reload gate.
 
+mod abi;
 mod cache;
-mod convert;
 mod engine;
 pub mod golden;
 mod handle;

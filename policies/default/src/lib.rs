@@ -101,12 +101,13 @@ impl Lists {
         Ok(Self { exclusions, imagelist })
     }
 
-    fn excluded<'p>(&'p self, names: &ImageNames<'_>) -> Option<&'p scour_policy_sdk::Pattern> {
-        if self.exclusions.is_empty() {
-            None
-        } else {
-            self.exclusions.first_match(names)
-        }
+    /// Whether any list needs the image's names.
+    fn need_names(&self) -> bool {
+        !self.exclusions.is_empty() || self.imagelist.is_some()
+    }
+
+    fn excluded<'p>(&'p self, names: Option<&ImageNames<'_>>) -> Option<&'p scour_policy_sdk::Pattern> {
+        names.and_then(|n| self.exclusions.first_match(n))
     }
 }
 
@@ -120,7 +121,13 @@ pub fn select(settings: &str, ctx: &Context, images: &[Image]) -> Result<Vec<Str
     let lists = Lists::new(ctx)?;
     Ok(images
         .iter()
-        .filter(|img| !img.in_use && !img.pinned && lists.excluded(&img.names()).is_none())
+        .filter(|img| {
+            !img.in_use
+                && !img.pinned
+                && lists
+                    .excluded(lists.need_names().then(|| img.names()).as_ref())
+                    .is_none()
+        })
         .map(|img| img.id.clone())
         .collect())
 }
@@ -139,13 +146,13 @@ fn decide_one(s: &DefaultSettings, lists: &Lists, img: &Image) -> Decision {
     if img.pinned {
         return Decision::keep(&img.id, "pinned");
     }
-    let names = img.names();
-    if let Some(p) = lists.excluded(&names) {
-        return Decision::keep(&img.id, format!("excluded: {p}"));
+    let names = lists.need_names().then(|| img.names());
+    if let Some(p) = lists.excluded(names.as_ref()) {
+        return Decision::keep(&img.id, labelled("excluded: ", p.source()));
     }
-    if let Some(imagelist) = &lists.imagelist {
-        return match imagelist.first_named_match(&names) {
-            Some(p) => Decision::remove(&img.id, format!("imagelist: {p}")),
+    if let (Some(imagelist), Some(names)) = (&lists.imagelist, &names) {
+        return match imagelist.first_named_match(names) {
+            Some(p) => Decision::remove(&img.id, labelled("imagelist: ", p.source())),
             None if imagelist.has_all() => Decision::remove(&img.id, "prune"),
             None => Decision::keep(&img.id, "not-listed"),
         };
@@ -156,7 +163,7 @@ fn decide_one(s: &DefaultSettings, lists: &Lists, img: &Image) -> Decision {
     match &img.scan {
         ScanOutcome::NotScanned => Decision::keep(&img.id, "not-scanned"),
         ScanOutcome::Failed(reason) => {
-            let reason = format!("scan-failed: {reason}");
+            let reason = labelled("scan-failed: ", reason);
             if s.delete_failed_images {
                 Decision::remove(&img.id, reason)
             } else {
@@ -171,25 +178,50 @@ fn decide_one(s: &DefaultSettings, lists: &Lists, img: &Image) -> Decision {
 }
 
 /// `vulnerable: 2 HIGH, 1 CRITICAL` and/or `eol: alpine 3.5`, or None.
+/// Built by hand: this runs for every image, and `format!` is slow in Wasm.
 fn findings_verdict(s: &DefaultSettings, report: &ScanReport) -> Option<String> {
-    let mut counts = String::new();
+    let mut reason = String::new();
     for &sev in &s.severities {
         let c = report.summary.get(sev);
         let n = if s.ignore_unfixed { c.fixable } else { c.total };
         if n > 0 {
-            if !counts.is_empty() {
-                counts.push_str(", ");
-            }
-            counts.push_str(&format!("{n} {sev}"));
+            reason.push_str(if reason.is_empty() { "vulnerable: " } else { ", " });
+            push_u32(&mut reason, n);
+            reason.push(' ');
+            reason.push_str(sev.as_str());
         }
     }
-    let eol = report.os.as_ref().filter(|os| os.eol && s.delete_eol_images);
-    match (counts.is_empty(), eol) {
-        (true, None) => None,
-        (false, None) => Some(format!("vulnerable: {counts}")),
-        (true, Some(os)) => Some(format!("eol: {} {}", os.family, os.name)),
-        (false, Some(os)) => Some(format!("vulnerable: {counts}; eol: {} {}", os.family, os.name)),
+    if let Some(os) = report.os.as_ref().filter(|os| os.eol && s.delete_eol_images) {
+        if !reason.is_empty() {
+            reason.push_str("; ");
+        }
+        reason.push_str("eol: ");
+        reason.push_str(&os.family);
+        reason.push(' ');
+        reason.push_str(&os.name);
     }
+    (!reason.is_empty()).then_some(reason)
+}
+
+fn labelled(label: &str, text: &str) -> String {
+    let mut s = String::with_capacity(label.len() + text.len());
+    s.push_str(label);
+    s.push_str(text);
+    s
+}
+
+fn push_u32(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -217,6 +249,7 @@ mod component {
     }
 
     scour_policy_guest::export_policy!(DefaultPolicy);
+    scour_policy_guest::use_bump_allocator!();
 }
 
 #[cfg(test)]
@@ -231,6 +264,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, DefaultSettings::default());
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 1234, u32::MAX] {
+            let mut s = String::new();
+            push_u32(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 
     #[test]

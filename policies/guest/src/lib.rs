@@ -12,6 +12,19 @@
 //! nothing beside the canonical ABI itself.
 
 pub use scour_policy_sdk as sdk;
+
+#[cfg(target_arch = "wasm32")]
+pub mod bump;
+
+/// Installs the bump allocator (see [`bump`]) in a policy.
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! use_bump_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::bump::BumpAllocator = $crate::bump::BumpAllocator::new();
+    };
+}
 use scour_policy_sdk::{
     Action, Context, Decision, Finding, Image, ImageFs, Mode, OsInfo, PolicyInfo, ScanOutcome, ScanReport, Severity,
     SeverityCount, VulnSummary,
@@ -74,11 +87,17 @@ impl<T: Policy> bindings::Guest for T {
     }
 
     fn select(settings: String, ctx: wit::Context, images: Vec<wit::Image>) -> Result<Vec<String>, String> {
-        T::select(&settings, &context(ctx), &convert_images(images))
+        let images = convert_images(images);
+        let selected = T::select(&settings, &context(ctx), &images);
+        discard(images);
+        selected
     }
 
     fn decide(settings: String, ctx: wit::Context, images: Vec<wit::Image>) -> Result<Vec<wit::Decision>, String> {
-        let decisions = T::decide(&settings, &context(ctx), &convert_images(images))?;
+        let images = convert_images(images);
+        let decisions = T::decide(&settings, &context(ctx), &images);
+        discard(images);
+        let decisions = decisions?;
         Ok(decisions
             .into_iter()
             .map(|d| wit::Decision {
@@ -91,6 +110,12 @@ impl<T: Policy> bindings::Guest for T {
             })
             .collect())
     }
+}
+
+/// scour runs every call on a fresh instance and drops it afterwards, so
+/// freeing thousands of input strings one by one would be wasted work.
+fn discard<T>(value: T) {
+    std::mem::forget(value);
 }
 
 fn context(c: wit::Context) -> Context {

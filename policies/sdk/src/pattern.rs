@@ -85,7 +85,7 @@ impl Pattern {
                 .digests
                 .iter()
                 .any(|(repo, d)| d == digest && repo.as_deref() == Some(repository.as_str())),
-            Kind::Tag(full) => image.tags.iter().any(|t| t == full),
+            Kind::Tag(full) => image.tags().any(|t| t == full),
             Kind::Prefix(prefix) => image.repositories().any(|repo| under(repo, prefix)),
             Kind::AnyTag(repository) => image.repositories().any(|repo| repo == repository),
         }
@@ -149,8 +149,9 @@ fn parse_kind(text: &str) -> Result<Kind, PatternError> {
 #[derive(Debug, Clone)]
 pub struct ImageNames<'a> {
     id: &'a str,
-    /// Normalised `repository:tag`, or the raw string when it does not parse.
-    tags: Vec<Cow<'a, str>>,
+    /// Normalised `repository:tag` (or the raw string when it does not
+    /// parse), with the length of its repository part.
+    tags: Vec<(Cow<'a, str>, usize)>,
     /// (normalised repository, digest) for each repo digest; a bare digest
     /// has no repository.
     digests: Vec<(Option<Cow<'a, str>>, &'a str)>,
@@ -162,7 +163,9 @@ impl<'a> ImageNames<'a> {
             .iter()
             .map(|t| {
                 let t = t.as_ref();
-                reference::normalize(t).unwrap_or(Cow::Borrowed(t))
+                let full = reference::normalize_for_matching(t);
+                let repo_len = repository_len(&full);
+                (full, repo_len)
             })
             .collect();
         let digests = digests.iter().map(|d| split_repo_digest(d.as_ref())).collect();
@@ -173,35 +176,36 @@ impl<'a> ImageNames<'a> {
         self.id
     }
 
+    fn tags(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|(t, _)| t.as_ref())
+    }
+
     /// Repositories named by tags and repo digests.
     fn repositories(&self) -> impl Iterator<Item = &str> {
-        let from_tags = self.tags.iter().map(|t| strip_tag(t));
+        let from_tags = self.tags.iter().map(|(t, len)| &t[..*len]);
         let from_digests = self.digests.iter().filter_map(|(repo, _)| repo.as_deref());
         from_tags.chain(from_digests)
     }
 }
 
-fn strip_tag(full: &str) -> &str {
-    match full.rfind(':') {
-        Some(i) if !full[i + 1..].contains('/') => &full[..i],
-        _ => full,
+/// Length of the repository in `repository:tag`: up to the last ':' that
+/// is not part of a registry port.
+fn repository_len(full: &str) -> usize {
+    let b = full.as_bytes();
+    for i in (0..b.len()).rev() {
+        match b[i] {
+            b':' => return i,
+            b'/' => break,
+            _ => {}
+        }
     }
+    full.len()
 }
 
 fn split_repo_digest(d: &str) -> (Option<Cow<'_, str>>, &str) {
     match d.split_once('@') {
         Some((repo, digest)) => {
-            let repo = match Reference::parse_untagged(repo) {
-                Ok(r) if r.tag().is_none() => {
-                    let full = r.repository();
-                    if full == repo {
-                        Cow::Borrowed(repo)
-                    } else {
-                        Cow::Owned(full)
-                    }
-                }
-                _ => Cow::Borrowed(repo),
-            };
+            let repo = reference::normalize_repository_for_matching(repo);
             (Some(repo), digest)
         }
         None => (None, d),

@@ -38,6 +38,85 @@ pub struct Reference {
     digest: Option<String>,
 }
 
+/// A reference split into borrowed parts, validated but not yet normalised.
+#[derive(Debug, Clone, Copy)]
+struct Parts<'a> {
+    /// The registry as written; `None` when the name has none.
+    domain: Option<&'a str>,
+    path: &'a str,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    fn split(input: &'a str) -> Result<Self, ReferenceError> {
+        if input.is_empty() {
+            return Err(ReferenceError::Empty);
+        }
+        // One pass finds the separators; names are short but numerous.
+        let bytes = input.as_bytes();
+        let (mut at, mut last_colon, mut last_slash) = (None, None, None);
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'@' => {
+                    at = Some(i);
+                    break;
+                }
+                b':' => last_colon = Some(i),
+                b'/' => last_slash = Some(i),
+                _ => {}
+            }
+        }
+        let (rest, digest) = match at {
+            Some(i) => {
+                let digest = &input[i + 1..];
+                parse_digest(digest)?;
+                (&input[..i], Some(digest))
+            }
+            None => (input, None),
+        };
+        // A tag follows the last ':' unless that ':' belongs to a registry
+        // port, i.e. a '/' comes after it.
+        let (name, tag) = match last_colon {
+            Some(i) if last_slash.is_none_or(|s| s < i) => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        if let Some(tag) = tag {
+            validate_tag(tag)?;
+        }
+        let (domain, path) = split_name(name)?;
+        Ok(Self {
+            domain,
+            path,
+            tag,
+            digest,
+        })
+    }
+
+    fn domain(&self) -> &'a str {
+        self.domain.map_or(DEFAULT_DOMAIN, canonical_domain)
+    }
+
+    /// Docker Hub's official images live under `library/`.
+    fn needs_library(&self) -> bool {
+        self.domain() == DEFAULT_DOMAIN && !self.path.contains('/')
+    }
+
+    /// Whether the repository name is written in full already.
+    fn name_is_canonical(&self) -> bool {
+        matches!(self.domain, Some(d) if d == canonical_domain(d)) && !self.needs_library()
+    }
+
+    fn write_repository(&self, out: &mut String) {
+        out.push_str(self.domain());
+        out.push('/');
+        if self.needs_library() {
+            out.push_str(OFFICIAL_REPO_PREFIX);
+        }
+        out.push_str(self.path);
+    }
+}
+
 impl Reference {
     /// Parses and normalises a reference. A reference with neither tag nor
     /// digest gets the tag `latest`.
@@ -52,31 +131,18 @@ impl Reference {
     /// Parses and normalises a reference, leaving the tag absent when the
     /// input has none.
     pub fn parse_untagged(input: &str) -> Result<Self, ReferenceError> {
-        if input.is_empty() {
-            return Err(ReferenceError::Empty);
-        }
-        let (rest, digest) = match input.split_once('@') {
-            Some((rest, digest)) => {
-                parse_digest(digest)?;
-                (rest, Some(digest.to_owned()))
-            }
-            None => (input, None),
-        };
-        // A tag follows the last ':' unless that ':' belongs to a registry port,
-        // i.e. a '/' comes after it.
-        let (name, tag) = match rest.rfind(':') {
-            Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
-            _ => (rest, None),
-        };
-        if let Some(tag) = tag {
-            validate_tag(tag)?;
-        }
-        let (domain, path) = split_name(name)?;
+        let parts = Parts::split(input)?;
+        let mut repository = String::with_capacity(input.len() + 16);
+        parts.write_repository(&mut repository);
+        let domain_len = parts.domain().len();
         Ok(Self {
-            domain,
-            path,
-            tag: tag.map(str::to_owned),
-            digest,
+            path: repository[domain_len + 1..].to_owned(),
+            domain: {
+                repository.truncate(domain_len);
+                repository
+            },
+            tag: parts.tag.map(str::to_owned),
+            digest: parts.digest.map(str::to_owned),
         })
     }
 
@@ -118,51 +184,104 @@ impl fmt::Display for Reference {
     }
 }
 
-/// Normalises a reference to its full form, borrowing when it already is.
-/// Used on hot paths: CRI reports tags fully qualified, so this rarely allocates.
+/// Normalises a reference to its full form (`latest` when it names neither
+/// tag nor digest), borrowing when it is already full. CRI reports names in
+/// full, so on the hot path this only validates.
 pub fn normalize(input: &str) -> Result<Cow<'_, str>, ReferenceError> {
-    let r = Reference::parse(input)?;
-    if is_already(input, &r) {
-        Ok(Cow::Borrowed(input))
-    } else {
-        Ok(Cow::Owned(r.to_string()))
+    let parts = Parts::split(input)?;
+    let has_version = parts.tag.is_some() || parts.digest.is_some();
+    if parts.name_is_canonical() && has_version {
+        return Ok(Cow::Borrowed(input));
     }
+    let mut out = String::with_capacity(input.len() + 24);
+    parts.write_repository(&mut out);
+    match (parts.tag, parts.digest) {
+        (None, None) => {
+            out.push(':');
+            out.push_str(DEFAULT_TAG);
+        }
+        (tag, digest) => {
+            if let Some(tag) = tag {
+                out.push(':');
+                out.push_str(tag);
+            }
+            if let Some(digest) = digest {
+                out.push('@');
+                out.push_str(digest);
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
 }
 
-fn is_already(input: &str, r: &Reference) -> bool {
-    let head_len = r.domain.len() + 1 + r.path.len();
-    input.len() >= head_len
-        && input.starts_with(r.domain.as_str())
-        && input.as_bytes()[r.domain.len()] == b'/'
-        && input[r.domain.len() + 1..].starts_with(r.path.as_str())
-        && {
-            let mut rest = &input[head_len..];
-            let tag_ok = match &r.tag {
-                Some(tag) => match rest.strip_prefix(':').and_then(|s| s.strip_prefix(tag.as_str())) {
-                    Some(after) => {
-                        rest = after;
-                        true
-                    }
-                    None => false,
-                },
-                None => true,
-            };
-            tag_ok
-                && match &r.digest {
-                    Some(d) => rest.strip_prefix('@') == Some(d.as_str()),
-                    None => rest.is_empty(),
-                }
-        }
+/// Whether a name looks fully qualified: an explicit registry other than
+/// `index.docker.io`, and not a Docker Hub official image missing
+/// `library/`. Looks only, without validating: a fast path for names the
+/// runtime reports.
+fn looks_canonical_name(name: &str) -> bool {
+    let Some(slash) = name.bytes().position(|b| b == b'/') else {
+        return false;
+    };
+    let first = &name[..slash];
+    if !is_domain(first) || first == LEGACY_DEFAULT_DOMAIN {
+        return false;
+    }
+    first != DEFAULT_DOMAIN || name[slash + 1..].contains('/')
+}
+
+/// Normalises a name for matching and never fails: names that already
+/// look fully qualified are borrowed without validation (runtimes report
+/// them that way), others are normalised, and strings that are not
+/// references at all are kept as they are.
+pub fn normalize_for_matching(input: &str) -> Cow<'_, str> {
+    let name_end = input.bytes().position(|b| b == b'@').unwrap_or(input.len());
+    let name = &input[..name_end];
+    let has_tag = name.rfind([':', '/']).is_some_and(|i| name.as_bytes()[i] == b':');
+    let versioned = has_tag || name_end < input.len();
+    let name_only = if has_tag {
+        &name[..name.rfind(':').unwrap_or(name.len())]
+    } else {
+        name
+    };
+    if versioned && looks_canonical_name(name_only) {
+        return Cow::Borrowed(input);
+    }
+    normalize(input).unwrap_or(Cow::Borrowed(input))
+}
+
+/// Like [`normalize_for_matching`], for a repository without tag or digest.
+pub fn normalize_repository_for_matching(name: &str) -> Cow<'_, str> {
+    if looks_canonical_name(name) {
+        return Cow::Borrowed(name);
+    }
+    normalize_repository_cow(name).unwrap_or(Cow::Borrowed(name))
+}
+
+/// Normalises a repository name without tag or digest, e.g. `alpine` to
+/// `docker.io/library/alpine`, borrowing when it is already full.
+pub fn normalize_repository_cow(name: &str) -> Result<Cow<'_, str>, ReferenceError> {
+    if name.is_empty() {
+        return Err(ReferenceError::Empty);
+    }
+    let (domain, path) = split_name(name)?;
+    let parts = Parts {
+        domain,
+        path,
+        tag: None,
+        digest: None,
+    };
+    if parts.name_is_canonical() {
+        return Ok(Cow::Borrowed(name));
+    }
+    let mut out = String::with_capacity(name.len() + 24);
+    parts.write_repository(&mut out);
+    Ok(Cow::Owned(out))
 }
 
 /// Normalises a repository name without tag or digest, e.g. `alpine` to
 /// `docker.io/library/alpine`.
 pub fn normalize_repository(name: &str) -> Result<String, ReferenceError> {
-    if name.is_empty() {
-        return Err(ReferenceError::Empty);
-    }
-    let (domain, path) = split_name(name)?;
-    Ok(format!("{domain}/{path}"))
+    normalize_repository_cow(name).map(Cow::into_owned)
 }
 
 /// Normalises a repository prefix as written before `/*`: a bare registry
@@ -178,13 +297,8 @@ pub fn normalize_prefix(prefix: &str) -> Result<String, ReferenceError> {
     }
     // Normalise as if a component followed, so `library` becomes
     // `docker.io/library` and not `docker.io/library/library`.
-    let (domain, path) = split_name(&format!("{prefix}/x"))?;
-    let path = path.strip_suffix("/x").unwrap_or("");
-    Ok(if path.is_empty() {
-        domain
-    } else {
-        format!("{domain}/{path}")
-    })
+    let full = normalize_repository(&format!("{prefix}/x"))?;
+    Ok(full.strip_suffix("/x").unwrap_or(&full).to_owned())
 }
 
 /// Checks a digest: `sha256:` + 64 lowercase hex, or `sha512:` + 128.
@@ -214,7 +328,10 @@ pub fn is_bare_hex_id(s: &str) -> bool {
 }
 
 fn is_domain(component: &str) -> bool {
-    component.contains(['.', ':']) || component == "localhost" || component.bytes().any(|b| b.is_ascii_uppercase())
+    component == "localhost"
+        || component
+            .bytes()
+            .any(|b| b == b'.' || b == b':' || b.is_ascii_uppercase())
 }
 
 fn canonical_domain(domain: &str) -> &str {
@@ -225,58 +342,56 @@ fn canonical_domain(domain: &str) -> &str {
     }
 }
 
-fn split_name(name: &str) -> Result<(String, String), ReferenceError> {
-    let (domain, path) = match name.split_once('/') {
-        Some((first, rest)) if is_domain(first) => {
-            validate_domain(first)?;
-            (canonical_domain(first), rest)
+/// Splits a name into the registry as written (if any) and the path, and
+/// validates both.
+fn split_name(name: &str) -> Result<(Option<&str>, &str), ReferenceError> {
+    let (domain, path) = match name.bytes().position(|b| b == b'/') {
+        Some(i) if is_domain(&name[..i]) => {
+            validate_domain(&name[..i])?;
+            (Some(&name[..i]), &name[i + 1..])
         }
-        _ => (DEFAULT_DOMAIN, name),
+        _ => (None, name),
     };
     validate_path(path, name)?;
-    let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
-        format!("{OFFICIAL_REPO_PREFIX}{path}")
-    } else {
-        path.to_owned()
-    };
-    Ok((domain.to_owned(), path))
+    Ok((domain, path))
 }
 
+/// `host[:port]`, where host is dot-separated labels of letters, digits and
+/// inner hyphens.
 fn validate_domain(domain: &str) -> Result<(), ReferenceError> {
     let bad = || ReferenceError::InvalidName(domain.to_owned());
-    let (host, port) = match domain.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (domain, None),
+    let (host, port) = match domain.bytes().rposition(|b| b == b':') {
+        Some(i) => (&domain.as_bytes()[..i], Some(&domain.as_bytes()[i + 1..])),
+        None => (domain.as_bytes(), None),
     };
     if let Some(port) = port
-        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+        && (port.is_empty() || !port.iter().all(u8::is_ascii_digit))
     {
         return Err(bad());
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(bad())
+    let mut label_len = 0;
+    let mut prev = b'.';
+    for &b in host {
+        match b {
+            b'.' if label_len > 0 && prev != b'-' => label_len = 0,
+            b'-' if label_len > 0 => label_len += 1,
+            _ if b.is_ascii_alphanumeric() => label_len += 1,
+            _ => return Err(bad()),
+        }
+        prev = b;
     }
+    if label_len == 0 || prev == b'-' {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 fn validate_path(path: &str, whole: &str) -> Result<(), ReferenceError> {
-    let bad = || ReferenceError::InvalidName(whole.to_owned());
-    if path.is_empty() {
-        return Err(bad());
+    if !path.is_empty() && path.split('/').all(component_ok) {
+        Ok(())
+    } else {
+        Err(ReferenceError::InvalidName(whole.to_owned()))
     }
-    for component in path.split('/') {
-        if !component_ok(component) {
-            return Err(bad());
-        }
-    }
-    Ok(())
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
@@ -360,6 +475,16 @@ mod tests {
         ));
         assert!(matches!(normalize("alpine:3").unwrap(), Cow::Owned(_)));
         assert!(matches!(normalize("docker.io/library/alpine").unwrap(), Cow::Owned(_)));
+        assert!(matches!(
+            normalize("index.docker.io/library/alpine:3").unwrap(),
+            Cow::Owned(_)
+        ));
+        assert!(matches!(normalize("docker.io/alpine:3").unwrap(), Cow::Owned(_)));
+        assert!(matches!(
+            normalize_repository_cow("ghcr.io/org/app").unwrap(),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(normalize_repository_cow("org/app").unwrap(), Cow::Owned(_)));
     }
 
     #[test]
@@ -378,6 +503,34 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn matching_normalisation_borrows_full_names_and_never_fails() {
+        for full in [
+            "docker.io/library/alpine:3",
+            "myreg:5000/team/app:1",
+            "localhost/test/pause:1",
+            "ghcr.io/org/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(matches!(normalize_for_matching(full), Cow::Borrowed(_)), "{full}");
+        }
+        assert_eq!(normalize_for_matching("alpine:3"), "docker.io/library/alpine:3");
+        assert_eq!(
+            normalize_for_matching("docker.io/alpine:3"),
+            "docker.io/library/alpine:3"
+        );
+        assert_eq!(
+            normalize_for_matching("index.docker.io/library/alpine:3"),
+            "docker.io/library/alpine:3"
+        );
+        assert_eq!(normalize_for_matching("myreg:5000/app"), "myreg:5000/app:latest");
+        assert_eq!(normalize_for_matching("not a reference!"), "not a reference!");
+        assert_eq!(normalize_repository_for_matching("alpine"), "docker.io/library/alpine");
+        assert!(matches!(
+            normalize_repository_for_matching("quay.io/org/x"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

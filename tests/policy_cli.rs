@@ -1,0 +1,280 @@
+//! `scour policy check | eval | test`, run as an operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scour_testkit::guests::{hostile_guest, hostile_guest_path, workspace_root};
+
+fn scour(args: &[&str]) -> Output {
+    let cache = workspace_root().join("target/test-policy-cache");
+    Command::new(env!("CARGO_BIN_EXE_scour"))
+        .args(args)
+        .current_dir(workspace_root())
+        .env("SCOUR_POLICY_CACHE_DIR", cache)
+        .env("SCOUR_LOG", "warn")
+        .output()
+        .expect("running scour")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data(rel: &str) -> String {
+    workspace_root().join("tests/data").join(rel).display().to_string()
+}
+
+fn hostile(name: &str) -> String {
+    hostile_guest(name);
+    hostile_guest_path(name).display().to_string()
+}
+
+#[test]
+fn check_describes_the_embedded_default_policy() {
+    let o = scour(&["policy", "check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "embedded:scour-default",
+        "scour-default 0.1.0",
+        "sha256:",
+        "scour:policy/policy@0.1.0",
+        "info, validate-settings, select, decide",
+        "ok (policy defaults)",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_reports_a_policy_file_as_json() {
+    let path = hostile("remove_all");
+    let o = scour(&["policy", "check", "--policy", &path, "--output", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["name"], "hostile-remove-all");
+    assert_eq!(v["origin"], path);
+    assert_eq!(v["world"], "scour:policy/policy@0.1.0");
+    assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(v["sizeBytes"].as_u64().unwrap() > 1000);
+}
+
+#[test]
+fn check_fails_with_the_reason() {
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--settings".into(), data("settings/typo.json")],
+            "unknown setting `severites`",
+        ),
+        (vec!["--policy".into(), hostile("bad_settings")], "`anything`"),
+        (
+            vec!["--policy".into(), data("settings/typo.json")],
+            "not a loadable WebAssembly component",
+        ),
+        (
+            vec!["--policy".into(), "/nonexistent/policy.wasm".into()],
+            "reading policy /nonexistent/policy.wasm",
+        ),
+        (
+            vec!["--settings".into(), "/nonexistent/settings.json".into()],
+            "reading settings",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["policy", "check"];
+        args.extend(extra.iter().map(String::as_str));
+        let o = scour(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn eval_prints_each_images_verdict() {
+    let o = scour(&["policy", "eval", "--input", &data("snapshots/node-a.yaml")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = |image: &str| {
+        out.lines()
+            .find(|l| l.starts_with(image))
+            .unwrap_or_else(|| panic!("no row for {image} in\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        row("docker.io/library/alpine:3.12").contains("remove  vulnerable: 1 HIGH, 1 CRITICAL; eol: alpine 3.12.0")
+    );
+    assert!(row("docker.io/library/alpine:3.20").contains("keep    clean"));
+    assert!(row("myregistry.azurecr.io/team/api:2.4.1").contains("keep    in-use"));
+    assert!(row("docker.io/library/redis:7.2").contains("excluded: docker.io/library/redis:*"));
+    assert!(row("registry.k8s.io/pause:3.9").contains("keep    pinned"));
+    assert!(
+        out.contains("6 images: 1 to remove, 5 to keep; 3 selected for scanning"),
+        "{out}"
+    );
+}
+
+#[test]
+fn eval_json_uses_the_settings_file() {
+    let o = scour(&[
+        "policy",
+        "eval",
+        "--input",
+        &data("snapshots/node-a.yaml"),
+        "--settings",
+        &data("settings/critical-only.json"),
+        "--output",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let decisions = v["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 6);
+    let alpine = decisions
+        .iter()
+        .find(|d| d["image"] == "docker.io/library/alpine:3.12")
+        .unwrap();
+    assert_eq!(alpine["action"], "remove");
+    assert_eq!(
+        alpine["reason"], "vulnerable: 1 CRITICAL",
+        "EOL is off and HIGH does not count"
+    );
+    assert_eq!(v["policy"]["name"], "scour-default");
+    assert_eq!(v["node"], "aks-nodepool1-12345678-vmss000000");
+}
+
+#[test]
+fn eval_fails_closed_on_a_hostile_policy() {
+    let o = scour(&[
+        "policy",
+        "eval",
+        "--policy",
+        &hostile("infinite_loop"),
+        "--policy-timeout",
+        "300ms",
+        "--input",
+        &data("snapshots/node-a.yaml"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ran past its deadline of 300ms"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "no verdicts are printed: {}", stdout(&o));
+}
+
+#[test]
+fn eval_rejects_a_malformed_snapshot_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "context: {now: 1}\nimages: [{id: a, inuse: true}]\n").unwrap();
+    let o = scour(&["policy", "eval", "--input", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("bad.yaml") && err.contains("inuse"), "{err}");
+}
+
+#[test]
+fn the_default_policys_golden_cases_pass() {
+    let o = scour(&["policy", "test", "policies/default/tests"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let summary = out.lines().last().unwrap();
+    let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 30, "{summary}");
+    assert!(summary.ends_with("passed, 0 failed"), "{summary}");
+    assert!(!out.contains("FAILED"));
+}
+
+fn write_cases(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("cases.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_failing_case_shows_expected_against_actual() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = write_cases(
+        dir.path(),
+        r#"
+- name: passes
+  context: {now: 1}
+  images: [{id: a, inUse: true}]
+  expect: [{image: a, action: keep, reason: in-use}]
+- name: wrong on purpose
+  context: {now: 1}
+  images: [{id: b, scan: {status: scanned, vulns: [{id: CVE-1, pkg: p, installed: "1", severity: HIGH}]}}]
+  expect: [{image: b, action: keep, reason: clean}]
+"#,
+    );
+    let o = scour(&["policy", "test", cases.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("ok      passes"), "{out}");
+    assert!(out.contains("FAILED  wrong on purpose"), "{out}");
+    assert!(
+        out.contains(r#"b: expected keep (reason ~ "clean"), got remove ("vulnerable: 1 HIGH")"#),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn a_case_whose_policy_loops_fails_with_that_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = write_cases(
+        dir.path(),
+        "name: loops\ncontext: {now: 1}\nimages: [{id: a}]\nexpect: [{image: a, action: keep}]\n",
+    );
+    let o = scour(&[
+        "policy",
+        "test",
+        "--policy",
+        &hostile("infinite_loop"),
+        "--fuel",
+        "10000000",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("FAILED  loops"), "{out}");
+    assert!(out.contains("policy decide ran out of fuel (10000000 units)"), "{out}");
+}
+
+#[test]
+fn malformed_case_files_are_refused_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        ("name: x\ncontext: {now: 1}\nimages: [{id: a}]\n", "expects nothing"),
+        (
+            "name: x\ncontext: {now: 1}\nimages: [{id: a}]\nexpect: [{image: zzz, action: keep}]\n",
+            "\"zzz\"",
+        ),
+        (
+            "name: x\ncontext: {now: 1}\nimages: [{id: a}]\nexpect: [{image: a, action: delete}]\n",
+            "delete",
+        ),
+        ("context: {now: 1}\nimages: []\nexpectError: x\n", "`name` is missing"),
+    ] {
+        let cases = write_cases(dir.path(), text);
+        let o = scour(&["policy", "test", cases.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        assert!(
+            stderr(&o).contains(needle) && stderr(&o).contains("cases.yaml"),
+            "{needle}: {}",
+            stderr(&o)
+        );
+    }
+    let o = scour(&["policy", "test", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = scour(&["policy", "eval"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--input"));
+    let o = scour(&["policy", "check", "--policy-timeout", "soon"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -1,0 +1,77 @@
+//! Builds the test suite's guest components (the hostile policies) with the
+//! same toolchain and target directory as the host's build script.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/support lives two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// `<target>/guests`, shared with the host's build script.
+pub fn guest_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("guests")
+}
+
+/// Runs `cargo build` for a wasm32-wasip2 guest package; `extra` adds
+/// arguments such as `--examples`.
+pub fn cargo_build_guest(package: &str, extra: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            package,
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+        ])
+        .args(extra)
+        .arg("--target-dir")
+        .arg(guest_target_dir());
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build -p {package} failed with {status}"))
+    }
+}
+
+/// The hostile policies, each an example of `tests/guests/hostile`:
+/// `infinite_loop`, `alloc_1gib`, `panics`, `unknown_ids`, `duplicate_ids`,
+/// `flood`, `bad_settings` and `remove_all`.
+pub fn hostile_guest(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| cargo_build_guest("scour-hostile-guests", &["--examples"]))
+        .as_ref()
+        .unwrap_or_else(|e| panic!("building the hostile guests: {e}"));
+    let path = hostile_guest_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+pub fn hostile_guest_path(name: &str) -> PathBuf {
+    guest_target_dir()
+        .join("wasm32-wasip2/guest/examples")
+        .join(format!("{name}.wasm"))
+}

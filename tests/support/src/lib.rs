@@ -1,0 +1,4 @@
+//! Test support for scour's integration scenarios (`tests/*.rs`).
+
+pub mod guests;
+pub mod nodes;
