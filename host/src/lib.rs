@@ -5,6 +5,16 @@
 //! sandboxed WebAssembly component ([`policy`]).
 
 pub mod cli;
+pub mod collect;
+pub mod config;
+pub mod cri;
+pub mod exclusions;
+pub mod fsutil;
+pub mod guard;
 pub mod output;
 pub mod policy;
+pub mod remove;
+pub mod report;
+pub mod scan;
 pub mod units;
+pub mod worker;

@@ -31,6 +31,44 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// Parses a Go duration as Eraser's config writes them: `24h`, `1h30m`,
+/// `90s`, `1.5h`, `500ms`, `0s`.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("invalid duration {s:?}: use Go syntax such as 24h, 1h30m, 90s or 500ms");
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
 /// `1.5 MiB` and the like, for people.
 pub fn format_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -68,5 +106,13 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_go_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_go_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_go_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "24", "h", "1d", "1h 30m", "-1h"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! environment variable.
 
 mod policy;
+mod worker;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -45,6 +46,7 @@ enum Command {
     /// Check, evaluate and test cleanup policies offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    Worker(Box<worker::WorkerArgs>),
 }
 
 /// Output for people or for programs.
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log_level, cli.log_format);
     let result = match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Worker(args) => worker::run(*args),
     };
     match result {
         Ok(code) => code,

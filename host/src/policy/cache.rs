@@ -6,7 +6,6 @@
 //! directory must be writable only by scour. Anything unreadable is ignored
 //! and rebuilt; the cache never makes a load fail.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
@@ -72,22 +71,10 @@ impl ArtifactCache {
 
     pub(crate) fn store(&self, digest: &str, compatibility: &str, artifact: &[u8]) {
         let path = self.path_for(digest, compatibility);
-        if let Err(e) = self.write_atomically(&path, artifact) {
+        let written = crate::fsutil::create_private_dir(&self.dir)
+            .and_then(|()| crate::fsutil::write_atomically(&path, artifact));
+        if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the policy artifact cache");
         }
     }
-
-    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        create_private_dir(&self.dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }

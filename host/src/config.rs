@@ -1,0 +1,678 @@
+//! Eraser's `EraserConfig` (`eraser.sh/v1alpha3`), the file in ConfigMap
+//! `eraser-manager-config`, key `controller_manager_config.yaml`. An Eraser
+//! file loads unchanged.
+//!
+//! Every key is checked against the schema first: an unknown key (a typo,
+//! usually) is an error naming its path; a known key scour does not implement
+//! is a warning naming its path. The scanner's settings, which Eraser keeps as
+//! a YAML string in `components.scanner.config`, are checked the same way.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::units::parse_go_duration;
+
+pub const API_VERSION: &str = "eraser.sh/v1alpha3";
+pub const KIND: &str = "EraserConfig";
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// How scour treats a known key.
+#[derive(Debug, Clone, Copy)]
+enum Known {
+    Used,
+    /// Accepted and ignored, with the reason shown to the operator.
+    Ignored(&'static str),
+}
+
+enum Schema {
+    Map(&'static [(&'static str, Schema)]),
+    /// A value of any shape (labels, lists, volumes).
+    Leaf(Known),
+    /// A subtree scour does not implement; its contents are not checked.
+    Ignored(&'static str),
+}
+
+use Known::Used;
+use Schema::{Ignored, Leaf, Map};
+
+const RESOURCES: Schema = Map(&[("mem", Leaf(Used)), ("cpu", Leaf(Used))]);
+const IMAGE: Schema = Map(&[("repo", Leaf(Used)), ("tag", Leaf(Used))]);
+
+const CONFIG_SCHEMA: Schema = Map(&[
+    ("apiVersion", Leaf(Used)),
+    ("kind", Leaf(Used)),
+    (
+        "manager",
+        Map(&[
+            ("runtime", Map(&[("name", Leaf(Used)), ("address", Leaf(Used))])),
+            (
+                "otlpEndpoint",
+                Leaf(Known::Ignored(
+                    "scour serves Prometheus /metrics instead of pushing OTLP",
+                )),
+            ),
+            ("logLevel", Leaf(Used)),
+            (
+                "scheduling",
+                Map(&[("repeatInterval", Leaf(Used)), ("beginImmediately", Leaf(Used))]),
+            ),
+            ("profile", Ignored("scour has no pprof endpoint")),
+            (
+                "imageJob",
+                Map(&[
+                    ("successRatio", Leaf(Used)),
+                    (
+                        "cleanup",
+                        Map(&[("delayOnSuccess", Leaf(Used)), ("delayOnFailure", Leaf(Used))]),
+                    ),
+                ]),
+            ),
+            ("pullSecrets", Leaf(Used)),
+            ("priorityClassName", Leaf(Used)),
+            ("additionalPodLabels", Leaf(Used)),
+            ("nodeFilter", Map(&[("type", Leaf(Used)), ("selectors", Leaf(Used))])),
+        ]),
+    ),
+    (
+        "components",
+        Map(&[
+            (
+                "collector",
+                Map(&[
+                    ("enabled", Leaf(Used)),
+                    ("image", Ignored("scour has no separate collector container")),
+                    ("request", Ignored("scour has no separate collector container")),
+                    ("limit", Ignored("scour has no separate collector container")),
+                ]),
+            ),
+            (
+                "scanner",
+                Map(&[
+                    ("enabled", Leaf(Used)),
+                    (
+                        "image",
+                        Ignored("scour scans inside its worker; Trivy ships in the scour image"),
+                    ),
+                    ("request", RESOURCES),
+                    ("limit", RESOURCES),
+                    ("config", Leaf(Used)),
+                    ("volumes", Leaf(Used)),
+                ]),
+            ),
+            (
+                "remover",
+                Map(&[("image", IMAGE), ("request", RESOURCES), ("limit", RESOURCES)]),
+            ),
+        ]),
+    ),
+]);
+
+const SCANNER_SCHEMA: Schema = Map(&[
+    ("cacheDir", Leaf(Used)),
+    ("dbRepo", Leaf(Used)),
+    ("deleteFailedImages", Leaf(Used)),
+    ("deleteEOLImages", Leaf(Used)),
+    (
+        "vulnerabilities",
+        Map(&[
+            ("ignoreUnfixed", Leaf(Used)),
+            ("types", Leaf(Used)),
+            ("securityChecks", Leaf(Used)),
+            ("severities", Leaf(Used)),
+            ("ignoredStatuses", Leaf(Used)),
+        ]),
+    ),
+    ("timeout", Map(&[("total", Leaf(Used)), ("perImage", Leaf(Used))])),
+]);
+
+/// Walks `value` against `schema`, collecting unknown keys (errors) and
+/// ignored ones (warnings) with their dotted paths.
+fn check(schema: &Schema, value: &Value, path: &str, unknown: &mut Vec<String>, warnings: &mut Vec<String>) {
+    match (schema, value) {
+        (Map(fields), Value::Mapping(map)) => {
+            for (k, v) in map {
+                let key = k.as_str().map(str::to_owned).unwrap_or_else(|| format!("{k:?}"));
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match fields.iter().find(|(name, _)| *name == key) {
+                    Some((_, sub)) => check(sub, v, &child, unknown, warnings),
+                    None => unknown.push(child),
+                }
+            }
+        }
+        (Map(_), Value::Null) => {}
+        (Map(_), _) => unknown.push(format!("{path} (expected a mapping)")),
+        (Leaf(Used), _) => {}
+        (Leaf(Known::Ignored(why)), v) | (Ignored(why), v) => {
+            if !v.is_null() {
+                warnings.push(format!("{path}: ignored; {why}"));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EraserConfig {
+    #[serde(default)]
+    pub manager: Manager,
+    #[serde(default)]
+    pub components: Components,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manager {
+    #[serde(default)]
+    pub runtime: Runtime,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub scheduling: Scheduling,
+    #[serde(default)]
+    pub image_job: ImageJob,
+    #[serde(default)]
+    pub pull_secrets: Vec<String>,
+    pub priority_class_name: Option<String>,
+    #[serde(default)]
+    pub additional_pod_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub node_filter: NodeFilter,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Runtime {
+    pub name: Option<String>,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scheduling {
+    pub repeat_interval: Option<String>,
+    pub begin_immediately: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageJob {
+    pub success_ratio: Option<f64>,
+    #[serde(default)]
+    pub cleanup: Cleanup,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cleanup {
+    pub delay_on_success: Option<String>,
+    pub delay_on_failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFilter {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub selectors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Components {
+    #[serde(default)]
+    pub collector: Collector,
+    #[serde(default)]
+    pub scanner: Scanner,
+    #[serde(default)]
+    pub remover: Remover,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collector {
+    pub enabled: Option<bool>,
+}
+
+/// A Kubernetes quantity such as `500Mi`, `1000m` or `0`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, deserialize_with = "quantity")]
+    pub mem: Option<String>,
+    #[serde(default, deserialize_with = "quantity")]
+    pub cpu: Option<String>,
+}
+
+/// Quantities are written as strings or bare numbers (`cpu: 0`).
+fn quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Q {
+        Text(String),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(Option::<Q>::deserialize(d)?.map(|q| match q {
+        Q::Text(s) => s,
+        Q::Int(n) => n.to_string(),
+        Q::Float(f) => f.to_string(),
+    }))
+}
+
+/// Deserialises with the failing field's path in the error.
+fn typed<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = match (prefix.is_empty(), path.as_str()) {
+            (true, p) => p.to_owned(),
+            (false, ".") => prefix.to_owned(),
+            (false, p) => format!("{prefix}.{p}"),
+        };
+        format!("{path}: {}", e.into_inner())
+    })
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRef {
+    pub repo: Option<String>,
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scanner {
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub request: Resources,
+    #[serde(default)]
+    pub limit: Resources,
+    /// Eraser keeps the scanner's settings as a YAML string.
+    pub config: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Remover {
+    #[serde(default)]
+    pub image: ImageRef,
+    #[serde(default)]
+    pub request: Resources,
+    #[serde(default)]
+    pub limit: Resources,
+}
+
+/// `components.scanner.config`, parsed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScannerConfig {
+    pub cache_dir: Option<String>,
+    pub db_repo: Option<String>,
+    pub delete_failed_images: Option<bool>,
+    #[serde(rename = "deleteEOLImages")]
+    pub delete_eol_images: Option<bool>,
+    #[serde(default)]
+    pub vulnerabilities: Vulnerabilities,
+    #[serde(default)]
+    pub timeout: Timeouts,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vulnerabilities {
+    pub ignore_unfixed: Option<bool>,
+    pub types: Option<Vec<String>>,
+    pub security_checks: Option<Vec<String>>,
+    pub severities: Option<Vec<String>>,
+    pub ignored_statuses: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    pub total: Option<String>,
+    pub per_image: Option<String>,
+}
+
+/// A loaded config and what the operator should know about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: EraserConfig,
+    pub scanner: ScannerConfig,
+    /// Known keys scour ignores, with their paths.
+    pub warnings: Vec<String>,
+}
+
+impl Loaded {
+    /// Reads and checks an `EraserConfig` file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_str(&text).map_err(|message| ConfigError {
+            file: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_str(text: &str) -> Result<Self, String> {
+        let value: Value = serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+        match value.get("apiVersion").and_then(Value::as_str) {
+            Some(API_VERSION) => {}
+            Some(other) => {
+                return Err(format!(
+                    "apiVersion: {other:?} is not supported; scour reads {API_VERSION} (Eraser's current version)"
+                ));
+            }
+            None => return Err(format!("apiVersion: missing; expected {API_VERSION}")),
+        }
+        if value.get("kind").and_then(Value::as_str) != Some(KIND) {
+            return Err(format!("kind: expected {KIND}"));
+        }
+        let (mut unknown, mut warnings) = (Vec::new(), Vec::new());
+        check(&CONFIG_SCHEMA, &value, "", &mut unknown, &mut warnings);
+        let config: EraserConfig = typed(value, "")?;
+        let scanner = match config.components.scanner.config.as_deref().map(str::trim) {
+            None | Some("") => ScannerConfig::default(),
+            Some(text) => {
+                let v: Value = serde_yaml::from_str(text)
+                    .map_err(|e| format!("components.scanner.config: not valid YAML: {e}"))?;
+                check(
+                    &SCANNER_SCHEMA,
+                    &v,
+                    "components.scanner.config",
+                    &mut unknown,
+                    &mut warnings,
+                );
+                typed(v, "components.scanner.config")?
+            }
+        };
+        if !unknown.is_empty() {
+            return Err(format!(
+                "unknown field{}: {}",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown.join(", ")
+            ));
+        }
+        let loaded = Self {
+            config,
+            scanner,
+            warnings,
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.scanner;
+        for (path, value) in [
+            ("components.scanner.config.timeout.total", &s.timeout.total),
+            ("components.scanner.config.timeout.perImage", &s.timeout.per_image),
+            (
+                "manager.scheduling.repeatInterval",
+                &self.config.manager.scheduling.repeat_interval,
+            ),
+            (
+                "manager.imageJob.cleanup.delayOnSuccess",
+                &self.config.manager.image_job.cleanup.delay_on_success,
+            ),
+            (
+                "manager.imageJob.cleanup.delayOnFailure",
+                &self.config.manager.image_job.cleanup.delay_on_failure,
+            ),
+        ] {
+            if let Some(v) = value {
+                parse_go_duration(v).map_err(|e| format!("{path}: {e}"))?;
+            }
+        }
+        if let Some(sev) = &s.vulnerabilities.severities {
+            for (i, name) in sev.iter().enumerate() {
+                name.parse::<scour_policy_sdk::Severity>()
+                    .map_err(|e| format!("components.scanner.config.vulnerabilities.severities[{i}]: {e}"))?;
+            }
+        }
+        if let Some(name) = &self.config.manager.runtime.name
+            && !matches!(name.as_str(), "" | "containerd" | "crio" | "dockershim")
+        {
+            return Err(format!(
+                "manager.runtime.name: {name:?} is not a runtime; use containerd, crio or dockershim"
+            ));
+        }
+        if let Some(r) = self.config.manager.image_job.success_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(format!("manager.imageJob.successRatio: {r} is outside 0.0 to 1.0"));
+        }
+        Ok(())
+    }
+
+    /// `manager.runtime.address`.
+    pub fn runtime_address(&self) -> Option<&str> {
+        self.config.manager.runtime.address.as_deref().filter(|a| !a.is_empty())
+    }
+
+    /// The default policy's settings (JSON) that this config asks for:
+    /// severities, ignoreUnfixed, deleteFailedImages, deleteEOLImages, and
+    /// scanDisabled when the scanner is off. Keys the config leaves out keep
+    /// the policy's defaults.
+    pub fn default_policy_settings(&self) -> String {
+        let s = &self.scanner;
+        let mut m = serde_json::Map::new();
+        if let Some(v) = &s.vulnerabilities.severities {
+            m.insert("severities".into(), v.clone().into());
+        }
+        if let Some(v) = s.vulnerabilities.ignore_unfixed {
+            m.insert("ignoreUnfixed".into(), v.into());
+        }
+        if let Some(v) = s.delete_eol_images {
+            m.insert("deleteEOLImages".into(), v.into());
+        }
+        if let Some(v) = s.delete_failed_images {
+            m.insert("deleteFailedImages".into(), v.into());
+        }
+        if self.config.components.scanner.enabled == Some(false) {
+            m.insert("scanDisabled".into(), true.into());
+        }
+        serde_json::Value::Object(m).to_string()
+    }
+
+    pub fn scan_total_timeout(&self) -> Option<Duration> {
+        self.scanner
+            .timeout
+            .total
+            .as_deref()
+            .and_then(|t| parse_go_duration(t).ok())
+    }
+
+    pub fn scan_per_image_timeout(&self) -> Option<Duration> {
+        self.scanner
+            .timeout
+            .per_image
+            .as_deref()
+            .and_then(|t| parse_go_duration(t).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped Eraser v1.4 chart's config, verbatim in shape.
+    pub const ERASER_DEFAULT: &str = r#"
+apiVersion: eraser.sh/v1alpha3
+kind: EraserConfig
+manager:
+  runtime:
+    name: containerd
+    address: unix:///run/containerd/containerd.sock
+  otlpEndpoint: ""
+  logLevel: info
+  scheduling:
+    repeatInterval: 24h
+    beginImmediately: true
+  profile:
+    enabled: false
+    port: 6060
+  imageJob:
+    successRatio: 1.0
+    cleanup:
+      delayOnSuccess: 0s
+      delayOnFailure: 24h
+  pullSecrets: []
+  priorityClassName: ""
+  additionalPodLabels: {}
+  nodeFilter:
+    type: exclude
+    selectors:
+      - eraser.sh/cleanup.filter
+      - kubernetes.io/os=windows
+components:
+  collector:
+    enabled: true
+    image:
+      tag: v1.4.1
+    request:
+      mem: 25Mi
+      cpu: 7m
+    limit:
+      mem: 500Mi
+      cpu: 0
+  scanner:
+    enabled: true
+    image:
+      tag: v1.4.1
+    request:
+      mem: 500Mi
+      cpu: 1000m
+    limit:
+      mem: 2Gi
+      cpu: 0
+    config: |
+      cacheDir: /var/lib/trivy
+      dbRepo: ghcr.io/aquasecurity/trivy-db
+      deleteFailedImages: true
+      deleteEOLImages: true
+      vulnerabilities:
+        ignoreUnfixed: true
+        types:
+          - os
+          - library
+        securityChecks:
+          - vuln
+        severities:
+          - CRITICAL
+          - HIGH
+          - MEDIUM
+          - LOW
+        ignoredStatuses:
+      timeout:
+        total: 23h
+        perImage: 1h
+    volumes: []
+  remover:
+    image:
+      tag: v1.4.1
+    request:
+      mem: 25Mi
+      cpu: 0
+    limit:
+      mem: 30Mi
+      cpu: 0
+"#;
+
+    #[test]
+    fn an_eraser_config_loads_unchanged() {
+        let l = Loaded::from_str(ERASER_DEFAULT).unwrap();
+        assert_eq!(l.runtime_address(), Some("unix:///run/containerd/containerd.sock"));
+        assert_eq!(l.scan_total_timeout(), Some(Duration::from_secs(23 * 3600)));
+        assert_eq!(l.scan_per_image_timeout(), Some(Duration::from_secs(3600)));
+        let settings: serde_json::Value = serde_json::from_str(&l.default_policy_settings()).unwrap();
+        assert_eq!(settings["ignoreUnfixed"], true);
+        assert_eq!(settings["deleteFailedImages"], true);
+        assert_eq!(settings["severities"][0], "CRITICAL");
+        assert!(settings.get("scanDisabled").is_none());
+        assert!(
+            l.warnings.iter().any(|w| w.starts_with("manager.profile: ignored")),
+            "{:?}",
+            l.warnings
+        );
+        assert!(l.warnings.iter().any(|w| w.starts_with("components.collector.image")));
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_their_path() {
+        let text = ERASER_DEFAULT
+            .replace("    beginImmediately: true", "    beginImmediatly: true")
+            .replace("      deleteEOLImages: true", "      deleteEOLImage: true");
+        let err = Loaded::from_str(&text).unwrap_err();
+        assert!(err.contains("manager.scheduling.beginImmediatly"), "{err}");
+        assert!(err.contains("components.scanner.config.deleteEOLImage"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_their_path() {
+        for (from, to, needle) in [
+            (
+                "perImage: 1h",
+                "perImage: 1 hour",
+                "components.scanner.config.timeout.perImage",
+            ),
+            ("          - LOW", "          - SEVERE", "severities[3]"),
+            ("name: containerd", "name: docker", "manager.runtime.name"),
+            (
+                "successRatio: 1.0",
+                "successRatio: 1.5",
+                "manager.imageJob.successRatio",
+            ),
+            (
+                "apiVersion: eraser.sh/v1alpha3",
+                "apiVersion: eraser.sh/v1alpha2",
+                "apiVersion",
+            ),
+            (
+                "beginImmediately: true",
+                "beginImmediately: sometimes",
+                "manager.scheduling.beginImmediately: invalid type",
+            ),
+        ] {
+            let err = Loaded::from_str(&ERASER_DEFAULT.replace(from, to)).unwrap_err();
+            assert!(err.contains(needle), "{from} -> {to}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_disabled_scanner_means_scan_disabled() {
+        let text = ERASER_DEFAULT.replacen(
+            "    enabled: true\n    image:\n      tag: v1.4.1\n    request:\n      mem: 500Mi",
+            "    enabled: false\n    image:\n      tag: v1.4.1\n    request:\n      mem: 500Mi",
+            1,
+        );
+        let l = Loaded::from_str(&text).unwrap();
+        assert!(l.default_policy_settings().contains("\"scanDisabled\":true"));
+    }
+
+    #[test]
+    fn a_minimal_config_uses_defaults() {
+        let l = Loaded::from_str("apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n").unwrap();
+        assert_eq!(l.default_policy_settings(), "{}");
+        assert!(l.runtime_address().is_none());
+        assert!(l.warnings.is_empty());
+    }
+}

@@ -1,0 +1,110 @@
+//! Remove: CRI `RemoveImage` by id, with bounded concurrency. Containers are
+//! listed again immediately before each removal, because containerd removes
+//! images that containers use without a word.
+
+use std::sync::Arc;
+
+use scour_policy_sdk::Image;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::ImageIndex;
+use crate::cri::{CriClient, CriError, Removal};
+use crate::guard::{Guard, Veto};
+
+/// What happened to one image the pass meant to remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Removed,
+    /// It was already gone.
+    NotFound,
+    /// `--dry-run`: it would have been removed.
+    WouldRemove,
+    /// A guard stopped it at the last moment (e.g. a container started).
+    Vetoed(Veto),
+    /// Not attempted: the pass is shutting down.
+    Skipped(String),
+    Failed {
+        message: String,
+        /// The runtime stopped answering, rather than refusing this image.
+        runtime_unreachable: bool,
+    },
+}
+
+fn failed(context: &str, e: CriError) -> Outcome {
+    let runtime_unreachable = match &e {
+        CriError::Connect { .. } | CriError::Timeout { .. } | CriError::SocketMissing(_) => true,
+        CriError::Call { status, .. } => matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
+        _ => false,
+    };
+    Outcome::Failed {
+        message: format!("{context}{e}"),
+        runtime_unreachable,
+    }
+}
+
+/// Removes `targets`, re-checking the guards against a fresh container list
+/// before each one.
+pub async fn remove(
+    cri: &CriClient,
+    targets: Vec<Image>,
+    guard: Arc<Guard>,
+    dry_run: bool,
+    concurrency: usize,
+    cancel: &CancellationToken,
+) -> Vec<(Image, Outcome)> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for (order, image) in targets.into_iter().enumerate() {
+        let (cri, guard, permits, cancel) = (cri.clone(), guard.clone(), permits.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire().await;
+            let outcome = if cancel.is_cancelled() {
+                Outcome::Skipped("scour is shutting down".into())
+            } else {
+                remove_one(&cri, &image, &guard, dry_run).await
+            };
+            (order, image, outcome)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(r) = joined {
+            results.push(r);
+        }
+    }
+    results.sort_by_key(|(order, _, _)| *order);
+    results
+        .into_iter()
+        .map(|(_, image, outcome)| (image, outcome))
+        .collect()
+}
+
+async fn remove_one(cri: &CriClient, image: &Image, guard: &Guard, dry_run: bool) -> Outcome {
+    // Re-check with what is true now, not what was true at collect time.
+    let containers = match cri.list_containers().await {
+        Ok(c) => c,
+        Err(e) => return failed("cannot re-check containers before removal: ", e),
+    };
+    let mut now = image.clone();
+    now.in_use = !ImageIndex::new(std::slice::from_ref(image))
+        .used_by(&containers)
+        .is_empty();
+    if let Some(veto) = guard.check(&now) {
+        return Outcome::Vetoed(veto);
+    }
+    if dry_run {
+        return Outcome::WouldRemove;
+    }
+    match cri.image_status(&image.id).await {
+        Ok(None) => return Outcome::NotFound,
+        Ok(Some(_)) => {}
+        Err(e) => return failed("", e),
+    }
+    match cri.remove_image(&image.id).await {
+        Ok(Removal::Removed) => Outcome::Removed,
+        Ok(Removal::NotFound) => Outcome::NotFound,
+        Err(e) => failed("", e),
+    }
+}

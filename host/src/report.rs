@@ -1,0 +1,387 @@
+//! Report: what a pass did, as JSON (`--report`), as a table for people, and
+//! as a compact summary for the controller (`/dev/termination-log`, under
+//! 4 KiB).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use scour_policy_sdk::{ImageFs, Mode};
+use serde::Serialize;
+
+use crate::cri::RuntimeInfo;
+use crate::output::{Table, short_id};
+use crate::scan::FailureGroup;
+use crate::units::format_bytes;
+
+/// Kubernetes truncates termination messages at 4096 bytes.
+pub const TERMINATION_LIMIT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The pass completed and every step succeeded.
+    Ok,
+    /// The pass completed, but some scans or removals failed.
+    Degraded,
+    /// The pass could not complete safely; nothing more was removed.
+    Failed,
+}
+
+impl Status {
+    /// The worker's exit code: 0 when the pass completed (even degraded),
+    /// 1 when it could not complete safely.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Ok | Status::Degraded => 0,
+            Status::Failed => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// What finally happened to an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageAction {
+    Removed,
+    Kept,
+    WouldRemove,
+    Failed,
+}
+
+impl ImageAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageAction::Removed => "removed",
+            ImageAction::Kept => "kept",
+            ImageAction::WouldRemove => "would-remove",
+            ImageAction::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageResult {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub size_bytes: u64,
+    pub action: ImageAction,
+    pub reason: String,
+    /// For images the pass tried to remove: removed, not-found, vetoed,
+    /// skipped, error or would-remove.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRef {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub images: usize,
+    /// Selected by the policy for scanning.
+    pub selected: usize,
+    /// Scans that completed, fresh or from the cache.
+    pub scanned: usize,
+    pub scan_failed: usize,
+    pub scan_cache_hits: usize,
+    pub trivy_runs: usize,
+    pub removed: usize,
+    pub would_remove: usize,
+    pub kept: usize,
+    /// Removals that failed.
+    pub failed: usize,
+    /// Sum of the removed images' sizes as CRI reports them.
+    pub bytes_freed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassReport {
+    pub status: Status,
+    pub node: String,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub policy: PolicyRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub summary: Summary,
+    pub images: Vec<ImageResult>,
+    /// Milliseconds per phase: collect, scan, decide, remove, total.
+    pub durations: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scan_failures: Vec<FailureGroup>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_fs: Option<ImageFs>,
+    pub errors: Vec<String>,
+}
+
+impl PassReport {
+    pub fn new(node: &str, mode: Mode, dry_run: bool, started_at: String) -> Self {
+        Self {
+            status: Status::Ok,
+            node: node.to_owned(),
+            mode,
+            dry_run,
+            policy: PolicyRef::default(),
+            runtime: None,
+            finished_at: started_at.clone(),
+            started_at,
+            summary: Summary::default(),
+            images: Vec::new(),
+            durations: BTreeMap::new(),
+            scan_failures: Vec::new(),
+            image_fs: None,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn record_phase(&mut self, phase: &str, took: Duration) {
+        self.durations.insert(phase.to_owned(), took.as_millis() as u64);
+    }
+
+    /// Marks the pass failed with a reason; nothing after this point runs.
+    pub fn fail(&mut self, error: impl std::fmt::Display) {
+        self.status = Status::Failed;
+        self.errors.push(error.to_string());
+    }
+
+    /// Records a per-image or partial problem; the pass goes on.
+    pub fn degrade(&mut self, error: impl std::fmt::Display) {
+        if self.status == Status::Ok {
+            self.status = Status::Degraded;
+        }
+        self.errors.push(error.to_string());
+    }
+
+    /// Recounts `summary` from `images`.
+    pub fn tally(&mut self) {
+        let s = &mut self.summary;
+        s.removed = 0;
+        s.would_remove = 0;
+        s.kept = 0;
+        s.failed = 0;
+        s.bytes_freed = 0;
+        for img in &self.images {
+            match img.action {
+                ImageAction::Removed => {
+                    s.removed += 1;
+                    if img.result != Some("not-found") {
+                        s.bytes_freed += img.size_bytes;
+                    }
+                }
+                ImageAction::WouldRemove => s.would_remove += 1,
+                ImageAction::Kept => s.kept += 1,
+                ImageAction::Failed => s.failed += 1,
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// A table of the images and a summary line, for people.
+    pub fn to_table(&self) -> String {
+        let mut t = Table::new(["IMAGE", "ID", "SIZE", "ACTION", "REASON"]);
+        let mut rows: Vec<&ImageResult> = self.images.iter().collect();
+        // Removals first: that is what people look for.
+        rows.sort_by_key(|r| match r.action {
+            ImageAction::Removed | ImageAction::WouldRemove => 0,
+            ImageAction::Failed => 1,
+            ImageAction::Kept => 2,
+        });
+        for r in rows {
+            let name = r.tags.first().map(String::as_str).unwrap_or("<untagged>");
+            t.row([
+                name,
+                short_id(&r.id),
+                &format_bytes(r.size_bytes),
+                r.action.as_str(),
+                &r.reason,
+            ]);
+        }
+        let s = &self.summary;
+        let mut out = t.render();
+        out.push_str(&format!(
+            "\n{} on {}: {} images, {} removed ({} freed), {} would be removed, {} kept, {} failed; {} scanned ({} from cache, {} failed). Policy {} {} ({}).\n",
+            self.status.as_str(),
+            self.node,
+            s.images,
+            s.removed,
+            format_bytes(s.bytes_freed),
+            s.would_remove,
+            s.kept,
+            s.failed,
+            s.scanned,
+            s.scan_cache_hits,
+            s.scan_failed,
+            self.policy.name,
+            self.policy.version,
+            short_id(&self.policy.digest),
+        ));
+        for e in &self.errors {
+            out.push_str(&format!("error: {e}\n"));
+        }
+        out
+    }
+
+    /// The controller's view, at most [`TERMINATION_LIMIT`] bytes of JSON:
+    /// counts always, then as many removed and failed images and errors as fit.
+    pub fn termination_summary(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Entry<'a> {
+            id: &'a str,
+            image: &'a str,
+            reason: &'a str,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Compact<'a> {
+            status: Status,
+            node: &'a str,
+            mode: Mode,
+            dry_run: bool,
+            policy: &'a str,
+            summary: &'a Summary,
+            removed: Vec<Entry<'a>>,
+            failed: Vec<Entry<'a>>,
+            errors: Vec<&'a str>,
+            #[serde(skip_serializing_if = "is_zero")]
+            omitted: usize,
+        }
+        fn is_zero(n: &usize) -> bool {
+            *n == 0
+        }
+        fn entry(r: &ImageResult) -> Entry<'_> {
+            Entry {
+                id: short_id(&r.id),
+                image: r.tags.first().map(String::as_str).unwrap_or(""),
+                reason: truncate(&r.reason, 120),
+            }
+        }
+        let removed: Vec<Entry> = self
+            .images
+            .iter()
+            .filter(|r| matches!(r.action, ImageAction::Removed | ImageAction::WouldRemove))
+            .map(entry)
+            .collect();
+        let failed: Vec<Entry> = self
+            .images
+            .iter()
+            .filter(|r| r.action == ImageAction::Failed)
+            .map(entry)
+            .collect();
+        let errors: Vec<&str> = self.errors.iter().map(|e| truncate(e, 300)).collect();
+        let mut c = Compact {
+            status: self.status,
+            node: &self.node,
+            mode: self.mode,
+            dry_run: self.dry_run,
+            policy: &self.policy.digest,
+            summary: &self.summary,
+            removed,
+            failed,
+            errors,
+            omitted: 0,
+        };
+        loop {
+            let text = serde_json::to_string(&c).unwrap_or_default();
+            if text.len() <= TERMINATION_LIMIT {
+                return text;
+            }
+            // Errors go last: they explain a failed pass.
+            if c.removed.pop().is_some() || c.failed.pop().is_some() || c.errors.pop().is_some() {
+                c.omitted += 1;
+            } else {
+                return text[..TERMINATION_LIMIT].to_owned();
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: usize) -> PassReport {
+        let mut r = PassReport::new("node-a", Mode::Automatic, false, "2026-01-01T00:00:00Z".into());
+        for i in 0..n {
+            r.images.push(ImageResult {
+                id: format!("sha256:{i:064x}"),
+                tags: vec![format!("registry.example.com/team/app-{i}:v1.2.3")],
+                size_bytes: 1000,
+                action: if i % 3 == 0 {
+                    ImageAction::Kept
+                } else {
+                    ImageAction::Removed
+                },
+                reason: "vulnerable: 2 HIGH, 1 CRITICAL; eol: alpine 3.12.0".into(),
+                result: None,
+            });
+        }
+        r.summary.images = n;
+        r.tally();
+        r
+    }
+
+    #[test]
+    fn tally_counts_actions_and_bytes() {
+        let r = report(6);
+        assert_eq!((r.summary.removed, r.summary.kept, r.summary.bytes_freed), (4, 2, 4000));
+    }
+
+    #[test]
+    fn the_termination_summary_fits_and_keeps_counts() {
+        for n in [0, 5, 200, 5000] {
+            let mut r = report(n);
+            r.degrade("x".repeat(1000));
+            let s = r.termination_summary();
+            assert!(s.len() <= TERMINATION_LIMIT, "{n}: {} bytes", s.len());
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            assert_eq!(v["summary"]["removed"], r.summary.removed);
+            assert_eq!(v["status"], "degraded");
+            if n == 5000 {
+                assert!(v["omitted"].as_u64().unwrap() > 0);
+                assert!(!v["errors"].as_array().unwrap().is_empty(), "errors are kept longest");
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_lists_removals_first() {
+        let t = report(3).to_table();
+        let first = t.lines().nth(1).unwrap();
+        assert!(first.contains("removed"), "{t}");
+        assert!(t.contains("ok on node-a: 3 images, 2 removed"), "{t}");
+    }
+}

@@ -1,0 +1,353 @@
+//! Running the Trivy binary and reading its JSON report.
+//!
+//! Trivy's report has many optional parts: `Metadata.OS` is absent when no
+//! OS is recognised, `EOSL` is absent when false, `Results` and
+//! `Vulnerabilities` are absent when empty, and `FixedVersion` is absent when
+//! there is no fix. All of those are optional here too.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use scour_policy_sdk::{Finding, OsInfo, ScanReport, Severity};
+use serde::Deserialize;
+use tokio::process::Command;
+
+/// How to run Trivy.
+#[derive(Debug, Clone)]
+pub struct TrivyOptions {
+    /// The binary; a bare name is looked up on PATH.
+    pub binary: PathBuf,
+    /// `--cache-dir`: where the vulnerability DB and layer cache live.
+    pub cache_dir: Option<PathBuf>,
+    /// Never download: `--skip-db-update --offline-scan`.
+    pub offline: bool,
+    /// `--db-repository`, for a mirror of the vulnerability DB.
+    pub db_repository: Option<String>,
+    /// `--pkg-types` (`os`, `library`); empty keeps Trivy's default.
+    pub pkg_types: Vec<String>,
+    /// `--ignore-status`, e.g. `will_not_fix`.
+    pub ignore_statuses: Vec<String>,
+    /// The containerd socket Trivy reads images from.
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace CRI uses.
+    pub namespace: String,
+}
+
+/// `trivy version --format json`: the binary's version and its DB's age.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrivyInfo {
+    pub version: String,
+    /// `VulnerabilityDB.UpdatedAt`; absent when there is no DB yet.
+    pub db_updated_at: Option<String>,
+}
+
+/// Why a Trivy run produced no report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The binary is not there: every scan fails the same way.
+    NotFound(String),
+    /// It ran past its deadline and was killed.
+    TimedOut(Duration),
+    /// Non-zero exit or a signal; the message is Trivy's last error line.
+    Failed(String),
+    /// Exit 0, but stdout is not a report.
+    Garbage(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::NotFound(m) | RunError::Failed(m) => f.write_str(m),
+            RunError::TimedOut(d) => write!(f, "trivy timed out after {}", humantime::format_duration(*d)),
+            RunError::Garbage(m) => write!(f, "unreadable trivy output: {m}"),
+        }
+    }
+}
+
+impl TrivyOptions {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env("CONTAINERD_ADDRESS", &self.containerd_socket)
+            .env("CONTAINERD_NAMESPACE", &self.namespace);
+        cmd
+    }
+
+    fn cache_args(&self, cmd: &mut Command) {
+        if let Some(dir) = &self.cache_dir {
+            cmd.arg("--cache-dir").arg(dir);
+        }
+    }
+
+    /// Asks the binary for its version and its DB's `UpdatedAt`.
+    pub async fn info(&self, timeout: Duration) -> Result<TrivyInfo, RunError> {
+        let mut cmd = self.command();
+        cmd.args(["version", "--format", "json"]);
+        self.cache_args(&mut cmd);
+        let stdout = self.run(cmd, timeout).await?;
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(rename = "Version")]
+            version: String,
+            #[serde(rename = "VulnerabilityDB")]
+            db: Option<Db>,
+        }
+        #[derive(Deserialize)]
+        struct Db {
+            #[serde(rename = "UpdatedAt")]
+            updated_at: Option<String>,
+        }
+        let v: Version = serde_json::from_slice(&stdout).map_err(|e| RunError::Garbage(e.to_string()))?;
+        Ok(TrivyInfo {
+            version: v.version,
+            db_updated_at: v.db.and_then(|d| d.updated_at).filter(|u| !u.starts_with("0001-")),
+        })
+    }
+
+    /// Downloads the vulnerability DB before parallel scans, so they do not
+    /// race to fetch it.
+    pub async fn download_db(&self, timeout: Duration) -> Result<(), RunError> {
+        let mut cmd = self.command();
+        cmd.args([
+            "image",
+            "--download-db-only",
+            "--skip-version-check",
+            "--disable-telemetry",
+            "-q",
+        ]);
+        self.cache_args(&mut cmd);
+        if let Some(repo) = &self.db_repository {
+            cmd.arg("--db-repository").arg(repo);
+        }
+        self.run(cmd, timeout).await.map(drop)
+    }
+
+    /// Scans one image held by containerd, by tag or `repo@digest`.
+    pub async fn scan(&self, reference: &str, timeout: Duration) -> Result<ScanReport, RunError> {
+        let mut cmd = self.command();
+        cmd.args([
+            "image",
+            "--image-src",
+            "containerd",
+            "--format",
+            "json",
+            "--scanners",
+            "vuln",
+            "--list-all-pkgs=false",
+            "--skip-version-check",
+            "--disable-telemetry",
+            "-q",
+        ]);
+        self.cache_args(&mut cmd);
+        if !self.pkg_types.is_empty() {
+            cmd.arg("--pkg-types").arg(self.pkg_types.join(","));
+        }
+        if !self.ignore_statuses.is_empty() {
+            cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
+        }
+        if self.offline {
+            cmd.args(["--skip-db-update", "--offline-scan"]);
+        } else if let Some(repo) = &self.db_repository {
+            cmd.arg("--db-repository").arg(repo);
+        }
+        // Trivy's own timeout first; ours, a little later, kills it for good.
+        cmd.arg("--timeout").arg(format!("{}s", timeout.as_secs().max(1)));
+        cmd.arg(reference);
+        let stdout = self.run(cmd, timeout + Duration::from_secs(5)).await?;
+        parse_report(&stdout).map_err(RunError::Garbage)
+    }
+
+    async fn run(&self, mut cmd: Command, timeout: Duration) -> Result<Vec<u8>, RunError> {
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RunError::NotFound(format!("trivy not found at {}", self.binary.display())),
+            _ => RunError::Failed(format!("cannot run {}: {e}", self.binary.display())),
+        })?;
+        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(RunError::Failed(format!("waiting for trivy: {e}"))),
+            // Dropping the future kills the process (kill_on_drop).
+            Err(_) => return Err(RunError::TimedOut(timeout)),
+        };
+        if output.status.success() {
+            return Ok(output.stdout);
+        }
+        let how = match output.status.code() {
+            Some(code) => format!("trivy exited with status {code}"),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                format!("trivy was killed by signal {}", output.status.signal().unwrap_or(0))
+            }
+        };
+        let detail = last_error_line(&output.stderr);
+        Err(RunError::Failed(if detail.is_empty() {
+            how
+        } else {
+            format!("{how}: {detail}")
+        }))
+    }
+}
+
+/// The most telling line of Trivy's stderr: the FATAL line if any, else the
+/// last non-empty one, trimmed to a readable length.
+fn last_error_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("FATAL") || l.starts_with("panic:"))
+        .or(lines.last())
+        .copied()
+        .unwrap_or_default();
+    // Drop the timestamp Trivy puts in front of its log lines.
+    let line = line.split_once("FATAL").map(|(_, rest)| rest.trim()).unwrap_or(line);
+    let mut out: String = line.chars().take(300).collect();
+    if line.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct Report {
+    #[serde(rename = "SchemaVersion")]
+    schema_version: Option<u32>,
+    #[serde(rename = "Metadata", default)]
+    metadata: Metadata,
+    #[serde(rename = "Results", default)]
+    results: Vec<ResultEntry>,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(rename = "OS")]
+    os: Option<Os>,
+}
+
+#[derive(Deserialize)]
+struct Os {
+    #[serde(rename = "Family", default)]
+    family: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "EOSL", default)]
+    eosl: bool,
+}
+
+#[derive(Deserialize)]
+struct ResultEntry {
+    #[serde(rename = "Vulnerabilities", default)]
+    vulnerabilities: Vec<Vulnerability>,
+}
+
+#[derive(Deserialize)]
+struct Vulnerability {
+    #[serde(rename = "VulnerabilityID")]
+    id: String,
+    #[serde(rename = "PkgName", default)]
+    pkg: String,
+    #[serde(rename = "InstalledVersion", default)]
+    installed: String,
+    #[serde(rename = "FixedVersion")]
+    fixed: Option<String>,
+    #[serde(rename = "Severity", default)]
+    severity: String,
+}
+
+/// Reads a Trivy JSON report into a scan report.
+pub fn parse_report(json: &[u8]) -> Result<ScanReport, String> {
+    let r: Report = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if r.schema_version.is_none() {
+        return Err("not a Trivy report (no SchemaVersion)".into());
+    }
+    let os = r.metadata.os.map(|o| OsInfo {
+        family: o.family,
+        name: o.name,
+        eol: o.eosl,
+    });
+    let findings = r
+        .results
+        .into_iter()
+        .flat_map(|res| res.vulnerabilities)
+        .map(|v| Finding {
+            id: v.id,
+            pkg: v.pkg,
+            installed: v.installed,
+            fixed: v.fixed.filter(|f| !f.is_empty()),
+            severity: v.severity.parse().unwrap_or(Severity::Unknown),
+        })
+        .collect();
+    Ok(ScanReport::new(os, findings))
+}
+
+/// The references to try for an image: repo digests first (they name exactly
+/// this image), then tags.
+pub fn scan_refs(digests: &[String], tags: &[String]) -> Vec<String> {
+    digests.iter().chain(tags).cloned().collect()
+}
+
+/// Whether the binary exists, for a friendly early message.
+pub fn resolve_binary(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return binary.is_file().then(|| binary.to_owned());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_report_is_read() {
+        let json = br#"{"SchemaVersion":2,"ArtifactName":"x","Metadata":{"OS":{"Family":"alpine","Name":"3.12.0","EOSL":true}},
+          "Results":[{"Target":"x (alpine 3.12.0)","Vulnerabilities":[
+            {"VulnerabilityID":"CVE-1","PkgName":"musl","InstalledVersion":"1","FixedVersion":"2","Severity":"HIGH"},
+            {"VulnerabilityID":"CVE-2","PkgName":"zlib","InstalledVersion":"1","Severity":"MEDIUM","Status":"affected"}]}]}"#;
+        let r = parse_report(json).unwrap();
+        assert_eq!(r.os.as_ref().unwrap().name, "3.12.0");
+        assert!(r.os.as_ref().unwrap().eol);
+        assert_eq!(r.summary.high.total, 1);
+        assert_eq!(r.summary.high.fixable, 1);
+        assert_eq!(r.summary.medium.fixable, 0);
+    }
+
+    #[test]
+    fn optional_parts_may_be_absent() {
+        let r = parse_report(br#"{"SchemaVersion":2,"ArtifactName":"x"}"#).unwrap();
+        assert!(r.os.is_none() && r.findings.is_empty());
+        let r = parse_report(
+            br#"{"SchemaVersion":2,"Metadata":{"OS":{"Family":"alpine","Name":"3.99.1"}},"Results":[{"Target":"t"}]}"#,
+        )
+        .unwrap();
+        assert!(!r.os.unwrap().eol, "absent EOSL means false");
+        let r = parse_report(br#"{"SchemaVersion":2,"Results":[{"Vulnerabilities":[{"VulnerabilityID":"X","Severity":"WEIRD","FixedVersion":""}]}]}"#).unwrap();
+        assert_eq!(r.findings[0].severity, Severity::Unknown);
+        assert_eq!(r.findings[0].fixed, None);
+    }
+
+    #[test]
+    fn garbage_is_not_a_report() {
+        assert!(parse_report(b"hello").is_err());
+        assert!(parse_report(b"{}").unwrap_err().contains("SchemaVersion"));
+        assert!(parse_report(b"").is_err());
+    }
+
+    #[test]
+    fn the_fatal_line_explains_a_failure() {
+        let stderr = b"2026-11-22T10:00:00Z\tINFO\tstarting\n2026-11-22T10:00:01Z\tFATAL\tFatal error\tinit error: DB error: failed to open db: invalid database\n";
+        assert_eq!(
+            last_error_line(stderr),
+            "Fatal error\tinit error: DB error: failed to open db: invalid database"
+        );
+        assert_eq!(last_error_line(b"\n\n just this \n"), "just this");
+        assert_eq!(last_error_line(b""), "");
+    }
+}

@@ -1,0 +1,432 @@
+//! The node worker: one cleanup pass, collect → scan → decide → guard →
+//! remove → report, run once or on an interval.
+//!
+//! Anything that makes the pass unsafe — an unreadable exclusion list, an
+//! unreachable runtime, a policy that fails — stops it before removal, and
+//! the report says why. Per-image problems (a failed scan, a refused removal)
+//! leave the pass `degraded` but complete.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use scour_policy_sdk::{Action, Context, Image, Mode, ScanOutcome, Snapshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::{self, FirstSeen, Inventory};
+use crate::cri::CriClient;
+use crate::exclusions::ExclusionList;
+use crate::guard::Guard;
+use crate::policy::{LoadedPolicy, PolicyHandle};
+use crate::remove::{self, Outcome};
+use crate::report::{ImageAction, ImageResult, PassReport, PolicyRef, Status};
+use crate::scan::{self, ScanCache, ScanOptions};
+
+/// Where exclusion lists come from.
+#[derive(Debug, Clone, Default)]
+pub struct ExclusionSources {
+    /// User lists: honoured by the policy.
+    pub user_files: Vec<PathBuf>,
+    pub user_dirs: Vec<PathBuf>,
+    /// System lists: enforced by the host, whatever the policy says.
+    pub system_files: Vec<PathBuf>,
+    pub system_dirs: Vec<PathBuf>,
+}
+
+/// Everything a pass needs besides the policy.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub runtime_endpoint: String,
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    pub node_name: String,
+    pub node_labels: Vec<(String, String)>,
+    pub exclusions: ExclusionSources,
+    /// Manual mode when set: the ImageList entries.
+    pub imagelist: Option<Vec<String>>,
+    pub dry_run: bool,
+    pub scan: ScanOptions,
+    /// Node-local state (first-seen times, scan cache); none persists without it.
+    pub state_dir: Option<PathBuf>,
+    /// Always protected, besides the runtime's own sandbox image.
+    pub sandbox_images: Vec<String>,
+    pub remove_concurrency: usize,
+    /// Writes the exact policy input here before `decide`.
+    pub snapshot_out: Option<PathBuf>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn policy_ref(p: &LoadedPolicy) -> PolicyRef {
+    PolicyRef {
+        name: p.info().name.clone(),
+        version: p.info().version.clone(),
+        digest: p.digest().to_owned(),
+        origin: p.origin().to_owned(),
+    }
+}
+
+/// Runs a policy call off the async runtime: calls are CPU-bound.
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("policy call panicked")
+}
+
+/// One cleanup pass. Never panics on bad input; the report carries the
+/// outcome.
+pub async fn run_pass(cfg: &WorkerConfig, handle: &PolicyHandle, cancel: &CancellationToken) -> PassReport {
+    let started = Instant::now();
+    let now = unix_now();
+    let mode = if cfg.imagelist.is_some() {
+        Mode::Manual
+    } else {
+        Mode::Automatic
+    };
+    // The pass keeps this version even if a hot swap happens meanwhile.
+    let policy = handle.current();
+    let mut report = PassReport::new(&cfg.node_name, mode, cfg.dry_run, rfc3339(now));
+    report.policy = policy_ref(&policy);
+    pass(cfg, policy, cancel, now, mode, &mut report).await;
+    report.record_phase("total", started.elapsed());
+    report.finished_at = rfc3339(unix_now());
+    report.tally();
+    tracing::info!(
+        status = report.status.as_str(),
+        removed = report.summary.removed,
+        would_remove = report.summary.would_remove,
+        kept = report.summary.kept,
+        failed = report.summary.failed,
+        bytes_freed = report.summary.bytes_freed,
+        "pass finished"
+    );
+    report
+}
+
+async fn pass(
+    cfg: &WorkerConfig,
+    policy: Arc<LoadedPolicy>,
+    cancel: &CancellationToken,
+    now: u64,
+    mode: Mode,
+    report: &mut PassReport,
+) {
+    // Exclusions first: without them the pass cannot be safe.
+    let user = match ExclusionList::load(&cfg.exclusions.user_files, &cfg.exclusions.user_dirs) {
+        Ok(l) => l,
+        Err(e) => return fail(report, "collect", e),
+    };
+    let system = match ExclusionList::load(&cfg.exclusions.system_files, &cfg.exclusions.system_dirs) {
+        Ok(l) => l,
+        Err(e) => return fail(report, "collect", e),
+    };
+
+    // Collect.
+    let t = Instant::now();
+    let cri = match CriClient::connect(&cfg.runtime_endpoint, cfg.connect_timeout, cfg.call_timeout).await {
+        Ok(c) => c,
+        Err(e) => return fail(report, "collect", e),
+    };
+    let mut first_seen = FirstSeen::load(cfg.state_dir.as_deref());
+    let inventory = match collect::collect(&cri, &mut first_seen, now).await {
+        Ok(i) => i,
+        Err(e) => return fail(report, "collect", e),
+    };
+    first_seen.save();
+    report.runtime = Some(inventory.runtime.clone());
+    report.image_fs = inventory.image_fs;
+    report.summary.images = inventory.images.len();
+    report.record_phase("collect", t.elapsed());
+    tracing::info!(
+        phase = "collect",
+        images = inventory.images.len(),
+        containers = inventory.containers.len(),
+        in_use = inventory.images.iter().filter(|i| i.in_use).count(),
+        sandbox_image = inventory.sandbox_image.as_deref().unwrap_or(""),
+        user_exclusions = user.entries().len(),
+        system_exclusions = system.entries().len(),
+        "collected"
+    );
+    let Inventory {
+        images,
+        sandbox_image,
+        image_fs,
+        ..
+    } = inventory;
+    let ctx = Context {
+        node: cfg.node_name.clone(),
+        node_labels: cfg.node_labels.clone(),
+        now,
+        mode,
+        imagelist: cfg.imagelist.clone().unwrap_or_default(),
+        exclusions: user.entries().to_vec(),
+        image_fs,
+    };
+
+    // Select and scan.
+    let t = Instant::now();
+    let (selected, ctx, mut images) = {
+        let policy = policy.clone();
+        off_thread(move || (policy.select(&ctx, &images), ctx, images)).await
+    };
+    let selected = match selected {
+        Ok(s) => s,
+        Err(e) => {
+            keep_all(report, &images, &format!("not decided: policy select failed: {e}"));
+            return fail(report, "scan", format!("policy select failed; nothing removed: {e}"));
+        }
+    };
+    report.summary.selected = selected.len();
+    let mut cache = ScanCache::load(cfg.state_dir.as_deref());
+    let run = {
+        let wanted: std::collections::HashSet<&str> = selected.iter().map(String::as_str).collect();
+        let to_scan: Vec<&Image> = images.iter().filter(|i| wanted.contains(i.id.as_str())).collect();
+        scan::scan(&cfg.scan, &to_scan, &mut cache, cancel).await
+    };
+    for img in &mut images {
+        if let Some(outcome) = run.outcomes.get(&img.id) {
+            img.scan = outcome.clone();
+        }
+    }
+    cache.retain(&images.iter().map(|i| i.id.as_str()).collect());
+    cache.save();
+    report.summary.scanned = images
+        .iter()
+        .filter(|i| matches!(i.scan, ScanOutcome::Scanned(_)))
+        .count();
+    report.summary.scan_failed = run.failed();
+    report.summary.scan_cache_hits = run.cache_hits;
+    report.summary.trivy_runs = run.trivy_runs;
+    if !run.failures.is_empty() {
+        let causes: Vec<String> = run
+            .failures
+            .iter()
+            .map(|f| format!("{} ({} images)", f.reason, f.images))
+            .collect();
+        report.degrade(format!("scans failed: {}", causes.join("; ")));
+    }
+    report.scan_failures = run.failures;
+    report.record_phase("scan", t.elapsed());
+    if cancel.is_cancelled() {
+        keep_all(report, &images, "not decided: scour is shutting down");
+        return report.degrade("interrupted before decide; nothing removed");
+    }
+
+    if let Some(path) = &cfg.snapshot_out {
+        let snapshot = Snapshot {
+            context: ctx.clone(),
+            images: images.clone(),
+        };
+        if let Err(e) = write_snapshot(path, &snapshot) {
+            report.degrade(format!("cannot write snapshot {}: {e}", path.display()));
+        }
+    }
+
+    // Decide.
+    let t = Instant::now();
+    let (decided, images) = {
+        let policy = policy.clone();
+        off_thread(move || (policy.decide(&ctx, &images), images)).await
+    };
+    report.record_phase("decide", t.elapsed());
+    let decisions = match decided {
+        Ok(set) => set.decisions,
+        Err(e) => {
+            keep_all(report, &images, &format!("not decided: policy decide failed: {e}"));
+            return fail(report, "decide", format!("policy decide failed; nothing removed: {e}"));
+        }
+    };
+
+    // Guard.
+    let mut sandbox = cfg.sandbox_images.clone();
+    sandbox.extend(sandbox_image);
+    let guard = Arc::new(Guard::new(system.patterns(), &sandbox));
+    let mut results = Vec::with_capacity(images.len());
+    let mut targets = Vec::new();
+    let mut target_reasons = Vec::new();
+    for (d, img) in decisions.into_iter().zip(&images) {
+        match d.action {
+            Action::Keep => results.push(result(img, ImageAction::Kept, d.reason, None)),
+            Action::Remove => match guard.check(img) {
+                Some(veto) => {
+                    let reason = format!("{} (policy said remove: {})", veto.reason(), d.reason);
+                    results.push(result(img, ImageAction::Kept, reason, Some("vetoed")));
+                }
+                None => {
+                    targets.push(img.clone());
+                    target_reasons.push(d.reason);
+                }
+            },
+        }
+    }
+    tracing::info!(
+        phase = "decide",
+        policy = %report.policy.name,
+        digest = %report.policy.digest,
+        to_remove = targets.len(),
+        vetoed = results.iter().filter(|r| r.result == Some("vetoed")).count(),
+        "decided"
+    );
+
+    // Remove.
+    let t = Instant::now();
+    let outcomes = remove::remove(&cri, targets, guard, cfg.dry_run, cfg.remove_concurrency, cancel).await;
+    let mut unreachable = 0;
+    for ((img, outcome), reason) in outcomes.into_iter().zip(target_reasons) {
+        let r = match outcome {
+            Outcome::Removed => result(&img, ImageAction::Removed, reason, Some("removed")),
+            Outcome::NotFound => result(
+                &img,
+                ImageAction::Removed,
+                format!("{reason} (already gone)"),
+                Some("not-found"),
+            ),
+            Outcome::WouldRemove => result(&img, ImageAction::WouldRemove, reason, Some("would-remove")),
+            Outcome::Vetoed(veto) => result(
+                &img,
+                ImageAction::Kept,
+                format!(
+                    "{}, found just before removal (policy said remove: {reason})",
+                    veto.reason()
+                ),
+                Some("vetoed"),
+            ),
+            Outcome::Skipped(why) => result(&img, ImageAction::Kept, format!("not removed: {why}"), Some("skipped")),
+            Outcome::Failed {
+                message,
+                runtime_unreachable,
+            } => {
+                unreachable += usize::from(runtime_unreachable);
+                tracing::warn!(phase = "remove", image = %img.id, error = %message, "removal failed");
+                result(&img, ImageAction::Failed, message, Some("error"))
+            }
+        };
+        if r.result == Some("removed") {
+            tracing::info!(phase = "remove", image = %img.id, name = img.display_name(), reason = %r.reason, "removed image");
+        }
+        results.push(r);
+    }
+    report.record_phase("remove", t.elapsed());
+    let order: std::collections::HashMap<&str, usize> =
+        images.iter().enumerate().map(|(i, img)| (img.id.as_str(), i)).collect();
+    results.sort_by_key(|r| order.get(r.id.as_str()).copied());
+    let failed = results.iter().filter(|r| r.action == ImageAction::Failed).count();
+    let skipped = results.iter().filter(|r| r.result == Some("skipped")).count();
+    report.images = results;
+    if unreachable > 0 {
+        report.fail(format!(
+            "the container runtime stopped answering during removal; {unreachable} removals did not happen"
+        ));
+    } else if failed > 0 {
+        report.degrade(format!("{failed} removals failed"));
+    }
+    if skipped > 0 {
+        report.degrade(format!("interrupted: {skipped} removals were not attempted"));
+    }
+}
+
+fn result(img: &Image, action: ImageAction, reason: String, result: Option<&'static str>) -> ImageResult {
+    ImageResult {
+        id: img.id.clone(),
+        tags: img.tags.clone(),
+        size_bytes: img.size,
+        action,
+        reason,
+        result,
+    }
+}
+
+/// Records every image as kept, for a pass that stops before removal.
+fn keep_all(report: &mut PassReport, images: &[Image], reason: &str) {
+    report.images = images
+        .iter()
+        .map(|i| result(i, ImageAction::Kept, reason.to_owned(), None))
+        .collect();
+}
+
+fn fail(report: &mut PassReport, phase: &'static str, error: impl std::fmt::Display) {
+    tracing::error!(phase, error = %error, "pass failed; nothing removed");
+    report.fail(error);
+}
+
+/// Writes a snapshot as YAML, or JSON for a `.json` path.
+pub fn write_snapshot(path: &std::path::Path, snapshot: &Snapshot) -> std::io::Result<()> {
+    let text = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::to_string_pretty(snapshot).map_err(std::io::Error::other)?
+    } else {
+        serde_yaml::to_string(snapshot).map_err(std::io::Error::other)?
+    };
+    crate::fsutil::write_atomically(path, text.as_bytes())
+}
+
+/// When passes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Once,
+    /// A pass now, then one every interval, until SIGTERM.
+    Every(Duration),
+}
+
+/// Where a finished pass's report goes.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    /// `--report FILE`: the full JSON report.
+    pub report: Option<PathBuf>,
+    /// Print a table (`Some(false)`) or the JSON report (`Some(true)`) on stdout.
+    pub stdout_json: Option<bool>,
+    /// The compact summary for the controller, written when the path exists.
+    pub termination_log: Option<PathBuf>,
+}
+
+impl Outputs {
+    pub fn emit(&self, report: &PassReport) {
+        if let Some(path) = &self.report
+            && let Err(e) = crate::fsutil::write_atomically(path, report.to_json().as_bytes())
+        {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the report");
+        }
+        match self.stdout_json {
+            Some(true) => println!("{}", report.to_json()),
+            Some(false) => print!("{}", report.to_table()),
+            None => {}
+        }
+        if let Some(path) = self.termination_log.as_deref().filter(|p| p.exists())
+            && let Err(e) = std::fs::write(path, report.termination_summary())
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
+        }
+    }
+}
+
+/// Runs passes on `schedule` until done or cancelled, emitting each report.
+/// Returns the last pass's status.
+pub async fn run(
+    cfg: &WorkerConfig,
+    handle: &PolicyHandle,
+    schedule: Schedule,
+    outputs: &Outputs,
+    cancel: &CancellationToken,
+) -> Status {
+    loop {
+        let report = run_pass(cfg, handle, cancel).await;
+        outputs.emit(&report);
+        let Schedule::Every(interval) = schedule else {
+            return report.status;
+        };
+        if cancel.is_cancelled() {
+            return report.status;
+        }
+        tracing::info!(next_in = %humantime::format_duration(interval), "waiting for the next pass");
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = cancel.cancelled() => return report.status,
+        }
+    }
+}
