@@ -366,13 +366,13 @@ impl Loaded {
             file: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Self::from_str(&text).map_err(|message| ConfigError {
+        Self::parse(&text).map_err(|message| ConfigError {
             file: path.display().to_string(),
             message,
         })
     }
 
-    pub fn from_str(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let value: Value = serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
         match value.get("apiVersion").and_then(Value::as_str) {
             Some(API_VERSION) => {}
@@ -599,7 +599,7 @@ components:
 
     #[test]
     fn an_eraser_config_loads_unchanged() {
-        let l = Loaded::from_str(ERASER_DEFAULT).unwrap();
+        let l = Loaded::parse(ERASER_DEFAULT).unwrap();
         assert_eq!(l.runtime_address(), Some("unix:///run/containerd/containerd.sock"));
         assert_eq!(l.scan_total_timeout(), Some(Duration::from_secs(23 * 3600)));
         assert_eq!(l.scan_per_image_timeout(), Some(Duration::from_secs(3600)));
@@ -621,7 +621,7 @@ components:
         let text = ERASER_DEFAULT
             .replace("    beginImmediately: true", "    beginImmediatly: true")
             .replace("      deleteEOLImages: true", "      deleteEOLImage: true");
-        let err = Loaded::from_str(&text).unwrap_err();
+        let err = Loaded::parse(&text).unwrap_err();
         assert!(err.contains("manager.scheduling.beginImmediatly"), "{err}");
         assert!(err.contains("components.scanner.config.deleteEOLImage"), "{err}");
     }
@@ -652,7 +652,7 @@ components:
                 "manager.scheduling.beginImmediately: invalid type",
             ),
         ] {
-            let err = Loaded::from_str(&ERASER_DEFAULT.replace(from, to)).unwrap_err();
+            let err = Loaded::parse(&ERASER_DEFAULT.replace(from, to)).unwrap_err();
             assert!(err.contains(needle), "{from} -> {to}: {err}");
         }
     }
@@ -664,13 +664,13 @@ components:
             "    enabled: false\n    image:\n      tag: v1.4.1\n    request:\n      mem: 500Mi",
             1,
         );
-        let l = Loaded::from_str(&text).unwrap();
+        let l = Loaded::parse(&text).unwrap();
         assert!(l.default_policy_settings().contains("\"scanDisabled\":true"));
     }
 
     #[test]
     fn a_minimal_config_uses_defaults() {
-        let l = Loaded::from_str("apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n").unwrap();
+        let l = Loaded::parse("apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n").unwrap();
         assert_eq!(l.default_policy_settings(), "{}");
         assert!(l.runtime_address().is_none());
         assert!(l.warnings.is_empty());

@@ -80,7 +80,7 @@ fn capacity_of(mountpoint: &str) -> Option<u64> {
     }
     nix::sys::statvfs::statvfs(mountpoint)
         .ok()
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
 }
 
 /// Every name an image answers to, normalised, mapped to its index.

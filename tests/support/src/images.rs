@@ -1,0 +1,695 @@
+//! Offline container images for tests, written as `docker save` archives or
+//! OCI image layouts (a tar bundle for `ctr images import`, or a directory for
+//! `trivy image --input`).
+//!
+//! Everything is deterministic: fixed mtimes and timestamps, uid/gid 0,
+//! sorted tar entries and compact JSON with sorted keys, so image ids and
+//! digests can be predicted. The CRI image id is `sha256:` + the sha256 of
+//! the config JSON ([`BuiltImage::image_id`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The mtime of every tar entry.
+pub const MTIME: u64 = 1_700_000_000;
+/// The default `created` time of the config and of every history entry.
+pub const CREATED: &str = "2024-01-01T00:00:00Z";
+/// The default `PATH` entry of `Env`.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The packages of [`alpine_like`] unless overridden.
+pub const DEFAULT_APK_PACKAGES: [(&str, &str); 3] =
+    [("musl", "1.1.24-r2"), ("busybox", "1.31.1-r19"), ("zlib", "1.2.11-r3")];
+
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// containerd's index annotation naming the image on import.
+pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
+/// The OCI index annotation holding the tag.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// Splits `registry/repo:tag` into `("registry/repo", Some("tag"))`; a
+/// digest reference (`repo@sha256:…`) keeps only its repository.
+pub fn split_ref(reference: &str) -> (&str, Option<&str>) {
+    let name = reference.split_once('@').map_or(reference, |(name, _)| name);
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => (&name[..i], Some(&name[i + 1..])),
+        _ => (name, None),
+    }
+}
+
+/// One regular file of a layer. `path` has no leading `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    pub path: String,
+    pub mode: u32,
+    pub contents: Vec<u8>,
+}
+
+/// A layer: files (parent directories are added as 0755 entries) and the
+/// `created_by` of its history entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layer {
+    pub files: Vec<File>,
+    pub created_by: Option<String>,
+}
+
+impl Layer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a file; a leading `/` is ignored, a later file with the same path wins.
+    pub fn file(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push(File {
+            path: path.trim_start_matches('/').to_owned(),
+            mode,
+            contents: contents.into(),
+        });
+        self
+    }
+
+    pub fn created_by(mut self, command: &str) -> Self {
+        self.created_by = Some(command.to_owned());
+        self
+    }
+
+    /// The uncompressed layer tar (its sha256 is the diff id).
+    pub fn tar(&self) -> Vec<u8> {
+        let mut entries: BTreeMap<String, Option<&File>> = BTreeMap::new();
+        for file in &self.files {
+            for (i, _) in file.path.match_indices('/') {
+                entries.insert(file.path[..=i].to_owned(), None);
+            }
+            entries.insert(file.path.clone(), Some(file));
+        }
+        let mut tar = TarWriter::new();
+        for (path, file) in entries {
+            match file {
+                None => tar.dir(&path),
+                Some(f) => tar.file(&path, f.mode, &f.contents),
+            }
+        }
+        tar.finish()
+    }
+}
+
+/// A test image under construction. See [`alpine_like`], [`plain`] and
+/// [`pause_image`] for the common ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestImage {
+    refs: Vec<String>,
+    layers: Vec<Layer>,
+    env: Vec<String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    labels: BTreeMap<String, String>,
+    created: String,
+    history_created: bool,
+}
+
+impl TestImage {
+    /// An image named `reference` (a full ref such as
+    /// `localhost/test/app:1`), with `Env` = [`DEFAULT_PATH`] and no layers.
+    pub fn new(reference: &str) -> Self {
+        Self {
+            refs: vec![reference.to_owned()],
+            layers: Vec::new(),
+            env: vec![DEFAULT_PATH.to_owned()],
+            entrypoint: None,
+            cmd: None,
+            labels: BTreeMap::new(),
+            created: CREATED.to_owned(),
+            history_created: true,
+        }
+    }
+
+    /// Adds another name for the same image.
+    pub fn tag(mut self, reference: &str) -> Self {
+        self.refs.push(reference.to_owned());
+        self
+    }
+
+    pub fn refs(&self) -> &[String] {
+        &self.refs
+    }
+
+    pub fn layer(mut self, layer: Layer) -> Self {
+        self.layers.push(layer);
+        self
+    }
+
+    /// Adds a file to the last layer (starting one if there is none).
+    pub fn file(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
+        let last = self.layers.pop().unwrap_or_default();
+        self.layers.push(last.file(path, mode, contents));
+        self
+    }
+
+    /// Appends a `KEY=value` entry to `Env`.
+    pub fn env(mut self, entry: &str) -> Self {
+        self.env.push(entry.to_owned());
+        self
+    }
+
+    pub fn entrypoint(mut self, args: &[&str]) -> Self {
+        self.entrypoint = Some(args.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    pub fn cmd(mut self, args: &[&str]) -> Self {
+        self.cmd = Some(args.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sets `created` of the config and of every history entry.
+    pub fn created(mut self, timestamp: &str) -> Self {
+        self.created = timestamp.to_owned();
+        self
+    }
+
+    /// Leaves `created` out of the history entries: Trivy 0.76 then panics
+    /// when it reads the image from containerd, which makes a realistic
+    /// failed scan.
+    pub fn without_history_created(mut self) -> Self {
+        self.history_created = false;
+        self
+    }
+
+    /// Serialises layers, config and manifest.
+    pub fn build(&self) -> BuiltImage {
+        let layers: Vec<Vec<u8>> = self.layers.iter().map(Layer::tar).collect();
+        let mut config = serde_json::Map::new();
+        if let Some(cmd) = &self.cmd {
+            config.insert("Cmd".into(), json!(cmd));
+        }
+        if let Some(entrypoint) = &self.entrypoint {
+            config.insert("Entrypoint".into(), json!(entrypoint));
+        }
+        config.insert("Env".into(), json!(self.env));
+        if !self.labels.is_empty() {
+            config.insert("Labels".into(), json!(self.labels));
+        }
+        let history: Vec<Value> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let by = layer
+                    .created_by
+                    .clone()
+                    .unwrap_or_else(|| format!("scour-testkit layer {i}"));
+                if self.history_created {
+                    json!({"created": self.created, "created_by": by})
+                } else {
+                    json!({"created_by": by})
+                }
+            })
+            .collect();
+        let diff_ids: Vec<String> = layers.iter().map(|l| sha256_digest(l)).collect();
+        let config = to_json(&json!({
+            "architecture": "amd64",
+            "config": config,
+            "created": self.created,
+            "history": history,
+            "os": "linux",
+            "rootfs": {"diff_ids": diff_ids, "type": "layers"},
+        }));
+        let descriptor = |media_type: &str, bytes: &[u8]| json!({"digest": sha256_digest(bytes), "mediaType": media_type, "size": bytes.len()});
+        let manifest = to_json(&json!({
+            "config": descriptor(MEDIA_TYPE_CONFIG, &config),
+            "layers": layers.iter().map(|l| descriptor(MEDIA_TYPE_LAYER, l)).collect::<Vec<_>>(),
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "schemaVersion": 2,
+        }));
+        BuiltImage {
+            refs: self.refs.clone(),
+            config,
+            layers,
+            manifest,
+        }
+    }
+
+    /// The predicted CRI image id, `sha256:<sha256 of the config>`.
+    pub fn image_id(&self) -> String {
+        self.build().image_id()
+    }
+
+    /// The predicted manifest digest (what `repo@sha256:…` refers to).
+    pub fn manifest_digest(&self) -> String {
+        self.build().manifest_digest()
+    }
+}
+
+/// The serialised blobs of a [`TestImage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltImage {
+    pub refs: Vec<String>,
+    /// The config JSON.
+    pub config: Vec<u8>,
+    /// Uncompressed layer tars, bottom first.
+    pub layers: Vec<Vec<u8>>,
+    /// The OCI manifest JSON.
+    pub manifest: Vec<u8>,
+}
+
+impl BuiltImage {
+    /// `sha256:` + sha256 of the config: the CRI image id, Trivy's `ImageID`.
+    pub fn image_id(&self) -> String {
+        sha256_digest(&self.config)
+    }
+
+    pub fn manifest_digest(&self) -> String {
+        sha256_digest(&self.manifest)
+    }
+
+    pub fn diff_ids(&self) -> Vec<String> {
+        self.layers.iter().map(|l| sha256_digest(l)).collect()
+    }
+
+    /// `<repo>@<manifest digest>` for each distinct repository of `refs`.
+    pub fn digest_refs(&self) -> Vec<String> {
+        let digest = self.manifest_digest();
+        let repos: BTreeSet<&str> = self.refs.iter().map(|r| split_ref(r).0).collect();
+        repos.into_iter().map(|repo| format!("{repo}@{digest}")).collect()
+    }
+
+    /// Config + layers + manifest bytes (what containerd 1.6 CRI reports as `size`).
+    pub fn content_size(&self) -> u64 {
+        (self.config.len() + self.manifest.len() + self.layers.iter().map(Vec::len).sum::<usize>()) as u64
+    }
+}
+
+/// An apk package for [`alpine_exact`]; `origin` is the source package name
+/// that Trivy looks advisories up by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApkPackage {
+    pub name: String,
+    pub version: String,
+    pub origin: String,
+}
+
+impl ApkPackage {
+    /// A package that is its own origin.
+    pub fn new(name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            origin: name.to_owned(),
+        }
+    }
+
+    pub fn origin(mut self, origin: &str) -> Self {
+        self.origin = origin.to_owned();
+        self
+    }
+
+    /// The dummy file this package installs.
+    pub fn file_path(&self) -> String {
+        format!("usr/share/doc/{}/VERSION", self.name)
+    }
+
+    /// The stanza of `/lib/apk/db/installed`, ending with a blank line.
+    pub fn stanza(&self) -> String {
+        let ApkPackage { name, version, origin } = self;
+        let id = Sha256::digest(format!("{name}-{version}"));
+        let contents = self.file_contents();
+        format!(
+            "C:Q1{checksum}\nP:{name}\nV:{version}\nA:x86_64\nS:{size}\nI:{size}\n\
+             T:{name} (scour test package)\nU:https://example.invalid/{name}\nL:MIT\n\
+             o:{origin}\nm:Scour Tests <tests@example.invalid>\nt:1600000000\nc:{commit}\n\
+             F:usr/share/doc/{name}\nR:VERSION\na:0:0:644\nZ:Q1{file_checksum}\n\n",
+            checksum = base64(&id[..20]),
+            size = 4096 + contents.len(),
+            commit = sha256_hex(name.as_bytes())[..40].to_owned(),
+            file_checksum = base64(&Sha256::digest(&contents)[..20]),
+        )
+    }
+
+    fn file_contents(&self) -> Vec<u8> {
+        format!("{} {}\n", self.name, self.version).into_bytes()
+    }
+}
+
+/// A fake Alpine image `tag` (e.g. `docker.io/library/alpine:3.12`) of
+/// release `version` (e.g. `3.12.0`) with [`DEFAULT_APK_PACKAGES`], where
+/// `packages` (name, version) override versions by name or add packages.
+pub fn alpine_like(tag: &str, version: &str, packages: &[(&str, &str)]) -> TestImage {
+    let mut merged: BTreeMap<&str, &str> = DEFAULT_APK_PACKAGES.into_iter().collect();
+    merged.extend(packages.iter().copied());
+    let packages: Vec<ApkPackage> = merged.into_iter().map(|(n, v)| ApkPackage::new(n, v)).collect();
+    alpine_exact(tag, version, &packages)
+}
+
+/// A fake Alpine image with exactly `packages` installed: one layer with
+/// `/etc/alpine-release`, `/etc/os-release`, `/etc/apk/repositories`,
+/// `/lib/apk/db/installed` and one dummy file per package; `Cmd ["/bin/sh"]`.
+pub fn alpine_exact(tag: &str, version: &str, packages: &[ApkPackage]) -> TestImage {
+    let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let os_release = format!(
+        "NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID={version}\nPRETTY_NAME=\"Alpine Linux v{minor}\"\n\
+         HOME_URL=\"https://alpinelinux.org/\"\nBUG_REPORT_URL=\"https://gitlab.alpinelinux.org/alpine/aports/-/issues\"\n"
+    );
+    let mut layer = Layer::new()
+        .created_by(&format!("scour-testkit alpine {version}"))
+        .file("etc/alpine-release", 0o644, format!("{version}\n"))
+        .file("etc/os-release", 0o644, os_release)
+        .file(
+            "etc/apk/repositories",
+            0o644,
+            format!("https://dl-cdn.alpinelinux.org/alpine/v{minor}/main\n"),
+        )
+        .file(
+            "lib/apk/db/installed",
+            0o644,
+            packages.iter().map(ApkPackage::stanza).collect::<String>(),
+        );
+    for package in packages {
+        layer = layer.file(&package.file_path(), 0o644, package.file_contents());
+    }
+    TestImage::new(tag).layer(layer).cmd(&["/bin/sh"])
+}
+
+/// An image without OS files: one layer with `/hello.txt` naming `tag`
+/// (so that plain images of different tags have different ids).
+pub fn plain(tag: &str) -> TestImage {
+    TestImage::new(tag)
+        .file("/hello.txt", 0o644, format!("hello from {tag}\n"))
+        .cmd(&["/hello"])
+}
+
+/// An image holding `binary` as `/pause` (mode 0755) with `Entrypoint
+/// ["/pause"]`; see [`build_static_pause`].
+pub fn pause_image(tag: &str, binary: &[u8]) -> TestImage {
+    TestImage::new(tag)
+        .layer(
+            Layer::new()
+                .created_by("COPY pause /pause")
+                .file("/pause", 0o755, binary),
+        )
+        .entrypoint(&["/pause"])
+}
+
+/// A `docker save` archive of `image`: `manifest.json` (all refs as
+/// `RepoTags`), `<config hex>.json` and `<diff id hex>/layer.tar`.
+pub fn docker_archive(image: &TestImage) -> Vec<u8> {
+    docker_archive_of(&image.build())
+}
+
+fn docker_archive_of(built: &BuiltImage) -> Vec<u8> {
+    let config_name = format!("{}.json", sha256_hex(&built.config));
+    let layer_names: Vec<String> = built
+        .layers
+        .iter()
+        .map(|l| format!("{}/layer.tar", sha256_hex(l)))
+        .collect();
+    let manifest = to_json(&json!([{
+        "Config": config_name,
+        "Layers": layer_names,
+        "RepoTags": built.refs,
+    }]));
+    let mut files: BTreeMap<String, &[u8]> = BTreeMap::new();
+    for (name, layer) in layer_names.iter().zip(&built.layers) {
+        files.insert(name.clone(), layer);
+    }
+    files.insert(config_name, &built.config);
+    files.insert("manifest.json".into(), &manifest);
+    let mut tar = TarWriter::new();
+    for (path, bytes) in files {
+        if let Some((dir, _)) = path.split_once('/') {
+            tar.dir(&format!("{dir}/"));
+        }
+        tar.file(&path, 0o644, bytes);
+    }
+    tar.finish()
+}
+
+/// Writes [`docker_archive`] to `path` (via a temp file and rename).
+pub fn write_docker_archive(image: &TestImage, path: &Path) -> io::Result<BuiltImage> {
+    let built = image.build();
+    write_atomic(path, &docker_archive_of(&built))?;
+    Ok(built)
+}
+
+/// An OCI image layout holding several images with deduplicated blobs.
+/// `index.json` has one entry per ref, annotated with
+/// [`ANNOTATION_IMAGE_NAME`] (the full ref) and [`ANNOTATION_REF_NAME`] (the
+/// tag); with [`OciLayout::digest_refs`] also one `<repo>@sha256:<manifest>`
+/// entry per image and repository, which makes CRI report `repoDigests`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OciLayout {
+    images: Vec<TestImage>,
+    digest_refs: bool,
+}
+
+impl OciLayout {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn image(mut self, image: TestImage) -> Self {
+        self.images.push(image);
+        self
+    }
+
+    pub fn images(mut self, images: impl IntoIterator<Item = TestImage>) -> Self {
+        self.images.extend(images);
+        self
+    }
+
+    pub fn digest_refs(mut self, yes: bool) -> Self {
+        self.digest_refs = yes;
+        self
+    }
+
+    /// The built images, in insertion order.
+    pub fn built(&self) -> Vec<BuiltImage> {
+        self.images.iter().map(TestImage::build).collect()
+    }
+
+    /// The layout's files: relative path → contents, sorted by path.
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        self.files_of(&self.built())
+    }
+
+    fn files_of(&self, built: &[BuiltImage]) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        let mut manifests = Vec::new();
+        for image in built {
+            for blob in std::iter::once(&image.config)
+                .chain(&image.layers)
+                .chain([&image.manifest])
+            {
+                files.insert(format!("blobs/sha256/{}", sha256_hex(blob)), blob.clone());
+            }
+            let entry = |name: &str, ref_name: &str| {
+                json!({
+                    "annotations": {ANNOTATION_IMAGE_NAME: name, ANNOTATION_REF_NAME: ref_name},
+                    "digest": image.manifest_digest(),
+                    "mediaType": MEDIA_TYPE_MANIFEST,
+                    "size": image.manifest.len(),
+                })
+            };
+            for reference in &image.refs {
+                manifests.push(entry(reference, split_ref(reference).1.unwrap_or("latest")));
+            }
+            if self.digest_refs {
+                for reference in image.digest_refs() {
+                    manifests.push(entry(&reference, &image.manifest_digest()));
+                }
+            }
+        }
+        let index = json!({"manifests": manifests, "mediaType": MEDIA_TYPE_INDEX, "schemaVersion": 2});
+        files.insert("index.json".into(), to_json(&index));
+        files.insert("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec());
+        files
+    }
+
+    /// The layout as a tar bundle (for `ctr images import`).
+    pub fn tar(&self) -> Vec<u8> {
+        let mut tar = TarWriter::new();
+        tar.dir("blobs/");
+        tar.dir("blobs/sha256/");
+        for (path, bytes) in self.files() {
+            tar.file(&path, 0o644, &bytes);
+        }
+        tar.finish()
+    }
+
+    pub fn write_tar(&self, path: &Path) -> io::Result<Vec<BuiltImage>> {
+        write_atomic(path, &self.tar())?;
+        Ok(self.built())
+    }
+
+    /// Writes the layout into directory `dir` (created if missing; for
+    /// `trivy image --input`, which wants OCI layouts as directories).
+    pub fn write_dir(&self, dir: &Path) -> io::Result<Vec<BuiltImage>> {
+        let built = self.built();
+        std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+        for (path, bytes) in self.files_of(&built) {
+            write_atomic(&dir.join(path), &bytes)?;
+        }
+        Ok(built)
+    }
+}
+
+/// The source of the static pause binary: sleeps in `pause()`, exits 0 on
+/// SIGINT/SIGTERM and reaps children on SIGCHLD.
+pub const PAUSE_C: &str = r#"#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void quit(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, 0, WNOHANG) > 0) {} }
+int main(void) {
+    signal(SIGINT, quit);
+    signal(SIGTERM, quit);
+    signal(SIGCHLD, reap);
+    for (;;) pause();
+}
+"#;
+
+/// `<target>/testkit`, the default cache for [`build_static_pause`].
+pub fn testkit_cache_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::guests::workspace_root().join("target"))
+        .join("testkit")
+}
+
+/// Compiles [`PAUSE_C`] with `gcc -static -Os -s` into
+/// `dir/pause-<source hash>` unless it is already there, and returns its
+/// path. Safe to call concurrently. Panics if gcc fails.
+pub fn build_static_pause(dir: &Path) -> PathBuf {
+    let hash = &sha256_hex(PAUSE_C.as_bytes())[..16];
+    let out = dir.join(format!("pause-{hash}"));
+    if out.is_file() {
+        return out;
+    }
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let tmp = temp_sibling(&out);
+    let src = tmp.with_extension("c");
+    std::fs::write(&src, PAUSE_C).unwrap_or_else(|e| panic!("writing {}: {e}", src.display()));
+    let result = Command::new("gcc")
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .output();
+    let _ = std::fs::remove_file(&src);
+    match result {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "gcc -static failed ({}): {} (needs gcc and libc6-dev)",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("running gcc: {e} (needs gcc and libc6-dev)"),
+    }
+    std::fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("renaming to {}: {e}", out.display()));
+    out
+}
+
+/// [`build_static_pause`] in [`testkit_cache_dir`], read into memory.
+pub fn static_pause_binary() -> Vec<u8> {
+    let path = build_static_pause(&testkit_cache_dir());
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Writes `bytes` to a temp file next to `path`, then renames it over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_sibling(path);
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+fn to_json(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("JSON values serialise")
+}
+
+/// Standard base64 with padding (for apk's `Q1` checksums).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | ((b as u32) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Tar output with fixed metadata: uid/gid 0, mtime [`MTIME`].
+struct TarWriter(tar::Builder<Vec<u8>>);
+
+impl TarWriter {
+    fn new() -> Self {
+        Self(tar::Builder::new(Vec::new()))
+    }
+
+    fn entry(&mut self, path: &str, kind: tar::EntryType, mode: u32, data: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(MTIME);
+        header.set_size(data.len() as u64);
+        self.0
+            .append_data(&mut header, path, data)
+            .expect("writing a tar into memory");
+    }
+
+    fn dir(&mut self, path: &str) {
+        self.entry(path, tar::EntryType::Directory, 0o755, &[]);
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
+        self.entry(path, tar::EntryType::Regular, mode, data);
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0.into_inner().expect("finishing a tar in memory")
+    }
+}
