@@ -161,7 +161,9 @@ mod tests {
             ("bad-pattern.json", r#"{"excluded":["ok", "alp*ne"]}"#, "entry 1"),
         ] {
             let p = write(d.path(), name, text);
-            let err = ExclusionList::load(std::slice::from_ref(&p), &[]).unwrap_err().to_string();
+            let err = ExclusionList::load(std::slice::from_ref(&p), &[])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&p.display().to_string()) && err.contains(needle), "{err}");
         }
         let err = ExclusionList::load(&[d.path().join("missing.json")], &[])

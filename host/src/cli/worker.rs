@@ -21,6 +21,9 @@ use crate::worker::{self, ExclusionSources, Outputs, Schedule, WorkerConfig};
 
 #[derive(Debug, Args)]
 #[command(
+    // A repeated single-value flag replaces the earlier one, so a manifest's
+    // base flags can be overridden by appending.
+    args_override_self = true,
     about = "Run a cleanup pass on this node: collect, scan, decide, guard, remove, report",
     long_about = "Runs a cleanup pass on this node: lists images and containers over CRI, scans the images the policy \
                   selects with Trivy, asks the policy what to remove, enforces the host's guards (in-use, pinned, \

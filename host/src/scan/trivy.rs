@@ -13,6 +13,9 @@ use scour_policy_sdk::{Finding, OsInfo, ScanReport, Severity};
 use serde::Deserialize;
 use tokio::process::Command;
 
+/// How long past its own `--timeout` a Trivy process may run before it is killed.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
 /// How to run Trivy.
 #[derive(Debug, Clone)]
 pub struct TrivyOptions {
@@ -157,7 +160,10 @@ impl TrivyOptions {
         // Trivy's own timeout first; ours, a little later, kills it for good.
         cmd.arg("--timeout").arg(format!("{}s", timeout.as_secs().max(1)));
         cmd.arg(reference);
-        let stdout = self.run(cmd, timeout + Duration::from_secs(5)).await?;
+        let stdout = match self.run(cmd, timeout + KILL_GRACE).await {
+            Err(RunError::TimedOut(_)) => return Err(RunError::TimedOut(timeout)),
+            other => other?,
+        };
         parse_report(&stdout).map_err(RunError::Garbage)
     }
 

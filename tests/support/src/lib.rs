@@ -7,4 +7,5 @@ pub mod gate;
 pub mod guests;
 pub mod images;
 pub mod nodes;
+pub mod scenario;
 pub mod trivydb;

@@ -33,7 +33,10 @@ impl Policy for SlowRemoveAll {
         while n < spins {
             n = std::hint::black_box(n + 1);
         }
-        Ok(images.iter().map(|i| Decision::remove(&i.id, "slow: remove everything")).collect())
+        Ok(images
+            .iter()
+            .map(|i| Decision::remove(&i.id, "slow: remove everything"))
+            .collect())
     }
 }
 

@@ -1,0 +1,370 @@
+//! `scour worker` when things break: Trivy missing, hanging, crashing or
+//! talking nonsense; the DB missing or corrupt; the runtime gone, dying,
+//! refusing a removal, or too old; a malformed exclusion list; a policy that
+//! traps. Every failure is contained and reported; nothing unsafe happens.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use scour_testkit::fake_cri::{FakeCri, FakeState, container, image};
+use scour_testkit::fake_trivy::{Misbehaviour, fake_trivy, fake_trivy_calls};
+use scour_testkit::scenario::{Run, TestNode, clean, vulnerable};
+
+const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
+
+fn scour() -> &'static Path {
+    Path::new(SCOUR)
+}
+
+/// A node with two unused vulnerable images and a clean one.
+fn small_node() -> Option<TestNode> {
+    let mut node = TestNode::start()?;
+    node.import(vec![
+        ("a", vulnerable("localhost/test/a:1", "a")),
+        ("b", vulnerable("localhost/test/b:1", "b")),
+        ("clean", clean("localhost/test/clean:1", "clean")),
+    ]);
+    Some(node)
+}
+
+/// JSON log lines on stderr whose message is `msg`.
+fn log_lines(run: &Run, msg: &str) -> Vec<serde_json::Value> {
+    run.stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == msg)
+        .collect()
+}
+
+/// Every selected image failed with `reason`, nothing was removed, the pass
+/// completed degraded, and the cause was logged once.
+fn assert_scans_failed(run: &Run, node: &TestNode, reason: &str) {
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "degraded");
+    for role in ["a", "b", "clean"] {
+        let (action, why) = run.verdict(&node.id(role));
+        assert_eq!(action, "kept", "{role}");
+        assert!(
+            why.starts_with("scan-failed: ") && why.contains(reason),
+            "{role}: {why}"
+        );
+        assert!(node.has(role));
+    }
+    assert_eq!(run.summary("removed"), 0);
+    let lines: Vec<_> = log_lines(run, "scans failed")
+        .into_iter()
+        .chain(log_lines(run, "no image can be scanned"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one log line per cause, got {lines:?}");
+}
+
+#[test]
+fn a_missing_trivy_fails_every_scan_with_one_reason() {
+    let Some(node) = small_node() else { return };
+    let run = node.worker(scour()).args(["--trivy", "/nonexistent/bin/trivy"]).run();
+    assert_scans_failed(&run, &node, "trivy not found at /nonexistent/bin/trivy");
+}
+
+#[test]
+fn a_hanging_trivy_is_killed_at_the_per_image_timeout() {
+    let Some(node) = small_node() else { return };
+    let fake = tempfile::tempdir().unwrap();
+    let trivy = fake_trivy(fake.path(), Misbehaviour::Hang);
+    let started = Instant::now();
+    let run = node
+        .worker(scour())
+        .arg("--trivy")
+        .arg(&trivy)
+        .args(["--scan-timeout", "1s", "--scan-concurrency", "4"])
+        .run();
+    assert_scans_failed(&run, &node, "trivy timed out after 1s");
+    // Four images (with pause) at once: one timeout plus the kill grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_crashing_trivy_is_a_failed_scan() {
+    let Some(node) = small_node() else { return };
+    let fake = tempfile::tempdir().unwrap();
+    let trivy = fake_trivy(fake.path(), Misbehaviour::Crash);
+    let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
+    assert_scans_failed(&run, &node, "trivy was killed by signal 11");
+    // Each image tries its digest, then its tag.
+    assert!(fake_trivy_calls(fake.path()) >= 3);
+}
+
+#[test]
+fn garbage_from_trivy_is_a_failed_scan() {
+    let Some(node) = small_node() else { return };
+    let fake = tempfile::tempdir().unwrap();
+    let trivy = fake_trivy(fake.path(), Misbehaviour::Garbage);
+    let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
+    assert_scans_failed(&run, &node, "unreadable trivy output");
+}
+
+#[test]
+fn a_missing_db_offline_fails_every_scan_before_running_trivy() {
+    let Some(node) = small_node() else { return };
+    let empty = tempfile::tempdir().unwrap();
+    let run = node.worker(scour()).arg("--trivy-cache-dir").arg(empty.path()).run();
+    assert_scans_failed(&run, &node, "no Trivy vulnerability DB");
+    assert_eq!(run.summary("trivyRuns"), 0);
+}
+
+#[test]
+fn a_corrupt_db_is_a_failed_scan_with_trivys_reason() {
+    let Some(node) = small_node() else { return };
+    std::fs::write(node.trivy_cache().join("db/trivy.db"), vec![0x5a; 8192]).unwrap();
+    let run = node.worker(scour()).run();
+    assert_scans_failed(&run, &node, "invalid database");
+}
+
+#[test]
+fn a_missing_runtime_socket_fails_the_pass_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new(SCOUR)
+        .args([
+            "worker",
+            "--runtime-endpoint",
+            "unix:///nonexistent/containerd.sock",
+            "--report",
+        ])
+        .arg(&report)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["--termination-log", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "failed");
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("runtime socket /nonexistent/containerd.sock does not exist"),
+        "{r}"
+    );
+}
+
+#[test]
+fn containerd_killed_mid_pass_fails_cleanly_with_accurate_counts() {
+    let Some(mut node) = small_node() else { return };
+    let snapshot = node.work.path().join("snapshot.yaml");
+    let spin = node.file("spin.txt", "3000000000");
+    scour_testkit::guests::hostile_guest("slow_remove_all");
+    let (child, report) = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(scour_testkit::guests::hostile_guest_path("slow_remove_all"))
+        .arg("--settings")
+        .arg(&spin)
+        .args(["--policy-timeout", "120s", "--cri-timeout", "3s", "--snapshot-out"])
+        .arg(&snapshot)
+        .spawn();
+    let started = Instant::now();
+    while !snapshot.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no snapshot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.ctd.kill_containerd();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["summary"]["removed"], 0);
+    // a, b and clean were attempted and failed; the pause image was never a
+    // target (the sandbox guard kept it at decide time).
+    assert_eq!(r["summary"]["failed"], 3);
+    assert_eq!(r["summary"]["kept"], 1);
+    assert!(r["errors"].to_string().contains("stopped answering"), "{}", r["errors"]);
+}
+
+#[test]
+fn a_refused_removal_is_a_per_image_failure() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeCri::start(FakeState {
+        images: vec![
+            image("sha256:aaa", &["docker.io/library/stuck:1"], 100),
+            image("sha256:bbb", &["docker.io/library/fine:1"], 200),
+            image("sha256:ccc", &["docker.io/library/used:1"], 300),
+        ],
+        containers: vec![container(
+            "c1",
+            "sha256:ccc",
+            k8s_cri::v1::ContainerState::ContainerExited,
+        )],
+        fail_remove: [("sha256:aaa".to_owned(), "image is locked by a snapshot".to_owned())].into(),
+        ..Default::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, r#"{"scanDisabled": true}"#).unwrap();
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new(SCOUR)
+        .args(["worker", "--runtime-endpoint", &fake.endpoint(), "--settings"])
+        .arg(&settings)
+        .arg("--report")
+        .arg(&report)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["--termination-log", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "degraded");
+    let by_id = |id: &str| {
+        r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id("sha256:aaa")["action"], "failed");
+    assert!(
+        by_id("sha256:aaa")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("image is locked by a snapshot")
+    );
+    assert_eq!(by_id("sha256:bbb")["action"], "removed");
+    assert_eq!(
+        by_id("sha256:ccc")["action"],
+        "kept",
+        "an exited container still uses its image"
+    );
+    assert_eq!(r["summary"]["failed"], 1);
+    assert_eq!(r["summary"]["bytesFreed"], 200);
+    assert_eq!(
+        fake.image_ids(),
+        ["sha256:aaa".to_owned(), "sha256:ccc".to_owned()].into()
+    );
+    // Containers were listed again before each removal attempt.
+    assert!(fake.state.lock().unwrap().list_containers_calls >= 3);
+}
+
+#[test]
+fn a_v1alpha2_only_runtime_is_named_as_such() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeCri::start_v1alpha2_only());
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new(SCOUR)
+        .args(["worker", "--runtime-endpoint", &fake.endpoint(), "--report"])
+        .arg(&report)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["--termination-log", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(
+        r["errors"][0].as_str().unwrap().contains("speaks only CRI v1alpha2"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_malformed_exclusion_list_fails_the_pass_closed() {
+    let Some(node) = small_node() else { return };
+    let bad = node.file("broken.json", r#"{"excluded": ["ok:1", "alp*ne"]}"#);
+    let good = node.exclusions("good.json", &["localhost/test/clean:1"]);
+    let before = node.image_ids();
+    let run = node
+        .worker(scour())
+        .arg("--exclusions")
+        .arg(&good)
+        .arg("--exclusions")
+        .arg(&bad)
+        .run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert_eq!(run.status(), "failed");
+    assert!(
+        run.report()["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains(&bad.display().to_string())
+    );
+    assert_eq!(node.image_ids(), before, "nothing may be removed");
+}
+
+#[test]
+fn a_trapping_policy_removes_nothing_and_says_why() {
+    let Some(node) = small_node() else { return };
+    scour_testkit::guests::hostile_guest("panics");
+    let before = node.image_ids();
+    let run = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(scour_testkit::guests::hostile_guest_path("panics"))
+        .run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert_eq!(run.status(), "failed");
+    assert!(
+        run.report()["errors"][0].as_str().unwrap().contains("trapped"),
+        "{}",
+        run.report()["errors"]
+    );
+    assert_eq!(node.image_ids(), before);
+    assert_eq!(run.summary("removed"), 0);
+}
+
+#[test]
+fn usage_and_config_errors_exit_2() {
+    for args in [
+        vec!["worker"],
+        vec!["worker", "--runtime-endpoint", "tcp://10.0.0.1:1234"],
+        vec![
+            "worker",
+            "--runtime-endpoint",
+            "unix:///x.sock",
+            "--config",
+            "/nonexistent/config.yaml",
+        ],
+        vec![
+            "worker",
+            "--runtime-endpoint",
+            "unix:///x.sock",
+            "--imagelist",
+            "/nonexistent/list.yaml",
+        ],
+        vec![
+            "worker",
+            "--runtime-endpoint",
+            "unix:///x.sock",
+            "--once",
+            "--interval",
+            "1h",
+        ],
+        vec![
+            "worker",
+            "--runtime-endpoint",
+            "unix:///x.sock",
+            "--scan-timeout",
+            "soon",
+        ],
+    ] {
+        let out = std::process::Command::new(SCOUR).args(&args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty());
+    }
+}

@@ -1,0 +1,590 @@
+//! `scour worker` on a real private containerd, with the real Trivy binary
+//! and a generated vulnerability DB. Each scenario builds its own node.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use scour_testkit::containerd::block_on;
+use scour_testkit::fake_trivy::counting_trivy;
+use scour_testkit::guests::hostile_guest_path;
+use scour_testkit::scenario::{Run, TestNode, clean, end_of_life, runnable_vulnerable, vulnerable};
+
+const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
+
+fn scour() -> &'static Path {
+    Path::new(SCOUR)
+}
+
+fn hostile(name: &str) -> PathBuf {
+    scour_testkit::guests::hostile_guest(name);
+    hostile_guest_path(name)
+}
+
+fn assert_verdict(run: &Run, node: &TestNode, role: &str, action: &str, reason: &str) {
+    let (got_action, got_reason) = run.verdict(&node.id(role));
+    assert_eq!(got_action, action, "{role}: reason {got_reason:?}");
+    assert!(
+        got_reason.contains(reason),
+        "{role}: reason {got_reason:?} lacks {reason:?}"
+    );
+}
+
+/// Every image the report calls removed is gone from containerd, and every
+/// other image is still there; the summary adds up.
+fn assert_report_matches_node(run: &Run, node: &TestNode) {
+    let present = node.image_ids();
+    let mut removed = 0;
+    let mut bytes = 0;
+    for img in run.report()["images"].as_array().unwrap() {
+        let id = img["id"].as_str().unwrap();
+        match img["action"].as_str().unwrap() {
+            "removed" => {
+                removed += 1;
+                bytes += img["sizeBytes"].as_u64().unwrap();
+                assert!(!present.contains(id), "{id} is reported removed but still present");
+            }
+            _ => assert!(present.contains(id), "{id} is reported {} but gone", img["action"]),
+        }
+    }
+    assert_eq!(run.summary("removed"), removed);
+    assert_eq!(run.summary("bytesFreed"), bytes);
+    assert_eq!(
+        run.summary("images") as usize,
+        run.report()["images"].as_array().unwrap().len()
+    );
+}
+
+/// The standard node: images of every kind, a running and a created
+/// container, and user/system exclusion files.
+fn standard_node() -> Option<(TestNode, PathBuf, PathBuf)> {
+    let mut node = TestNode::start()?;
+    node.import(vec![
+        ("vulnerable", vulnerable("docker.io/library/alpine:3.12", "vulnerable")),
+        ("clean", clean("localhost/test/clean:1", "clean")),
+        ("eol", end_of_life("docker.io/library/alpine:3.5", "eol")),
+        ("running", runnable_vulnerable("localhost/test/running:1", "running")),
+        ("created", runnable_vulnerable("localhost/test/created:1", "created")),
+        ("excluded-exact", vulnerable("ghcr.io/org/tool:2", "excluded-exact")),
+        (
+            "excluded-prefix",
+            vulnerable("localhost/excluded/app:1", "excluded-prefix"),
+        ),
+        (
+            "excluded-repo",
+            vulnerable("docker.io/library/redis:7", "excluded-repo"),
+        ),
+        (
+            "not-excluded",
+            vulnerable("docker.io/library/redis-foo:1", "not-excluded"),
+        ),
+        (
+            "multi",
+            vulnerable("localhost/test/multi:v1", "multi").tag("localhost/test/multi:latest"),
+        ),
+        ("system", vulnerable("registry.k8s.io/kube-proxy:v1.30.0", "system")),
+    ]);
+    let (running, created) = (node.id("running"), node.id("created"));
+    block_on(async {
+        let pod = node.ctd.run_pod("app").await.expect("pod");
+        node.ctd
+            .create_container(&pod, &running, "running", true)
+            .await
+            .expect("running container");
+        node.ctd
+            .create_container(&pod, &created, "created", false)
+            .await
+            .expect("created container");
+    });
+    let user = node.exclusions(
+        "user.json",
+        &[
+            "ghcr.io/org/tool:2",
+            "localhost/excluded/*",
+            "docker.io/library/redis:*",
+        ],
+    );
+    let system = node.exclusions("system.json", &["registry.k8s.io/*"]);
+    Some((node, user, system))
+}
+
+#[test]
+fn a_default_pass_removes_what_eraser_would_and_nothing_it_must_not() {
+    let Some((node, user, system)) = standard_node() else {
+        return;
+    };
+    let run = node
+        .worker(scour())
+        .arg("--exclusions")
+        .arg(&user)
+        .arg("--system-exclusions")
+        .arg(&system)
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "ok", "{}", run.stderr());
+
+    // A vulnerable unused image is removed, naming its findings.
+    assert_verdict(
+        &run,
+        &node,
+        "vulnerable",
+        "removed",
+        "vulnerable: 1 LOW, 1 MEDIUM, 1 HIGH, 1 CRITICAL",
+    );
+    // A clean unused image is kept.
+    assert_verdict(&run, &node, "clean", "kept", "clean");
+    // An end-of-life image is removed.
+    assert_verdict(&run, &node, "eol", "removed", "eol: alpine 3.5.2");
+    // Images used by a running or a created-but-not-started container are kept.
+    assert_verdict(&run, &node, "running", "kept", "in-use");
+    assert_verdict(&run, &node, "created", "kept", "in-use");
+    // Exclusions: exact, prefix/*, repo:* — and repo:* does not reach redis-foo.
+    assert_verdict(&run, &node, "excluded-exact", "kept", "excluded: ghcr.io/org/tool:2");
+    assert_verdict(&run, &node, "excluded-prefix", "kept", "excluded: localhost/excluded/*");
+    assert_verdict(
+        &run,
+        &node,
+        "excluded-repo",
+        "kept",
+        "excluded: docker.io/library/redis:*",
+    );
+    assert_verdict(&run, &node, "not-excluded", "removed", "vulnerable");
+    // A multi-tag image goes whole.
+    assert_verdict(&run, &node, "multi", "removed", "vulnerable");
+    // The system list is the host's: the default policy never sees it.
+    assert_verdict(
+        &run,
+        &node,
+        "system",
+        "kept",
+        "guard: system exclusion registry.k8s.io/*",
+    );
+    // The sandbox image stays.
+    let pause = run.report()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["tags"][0] == "localhost/test/pause:1")
+        .expect("pause image in report");
+    assert_eq!(pause["action"], "kept");
+
+    assert_report_matches_node(&run, &node);
+    assert_eq!(run.summary("removed"), 4);
+    // Scanned: every unused, unexcluded image (vulnerable, clean, eol,
+    // not-excluded, multi, system, pause), each once, by its repo digest.
+    assert_eq!(run.summary("trivyRuns"), 7);
+    assert_eq!(run.summary("selected"), 7);
+    let durations = &run.report()["durations"];
+    for phase in ["collect", "scan", "decide", "remove", "total"] {
+        assert!(durations[phase].is_u64(), "durations.{phase} missing");
+    }
+    assert!(
+        run.report()["policy"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    // Logs are JSON lines with a phase field.
+    let phases: Vec<String> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["phase"].as_str().map(str::to_owned))
+        .collect();
+    for phase in ["collect", "scan", "decide", "remove"] {
+        assert!(phases.iter().any(|p| p == phase), "no log line with phase {phase}");
+    }
+}
+
+#[test]
+fn dry_run_removes_nothing_and_says_what_it_would() {
+    let Some((node, user, system)) = standard_node() else {
+        return;
+    };
+    let before = node.image_ids();
+    let run = node
+        .worker(scour())
+        .args(["--dry-run", "--exclusions"])
+        .arg(&user)
+        .arg("--system-exclusions")
+        .arg(&system)
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(node.image_ids(), before, "a dry run removed something");
+    assert_verdict(&run, &node, "vulnerable", "would-remove", "vulnerable");
+    assert_verdict(&run, &node, "running", "kept", "in-use");
+    assert_eq!(run.summary("wouldRemove"), 4);
+    assert_eq!(run.summary("removed"), 0);
+    assert_eq!(run.summary("bytesFreed"), 0);
+}
+
+#[test]
+fn a_failed_scan_is_kept_by_default_and_removed_with_delete_failed_images() {
+    let Some(mut node) = TestNode::start() else { return };
+    // Trivy 0.76 panics reading this image from containerd.
+    node.import(vec![
+        (
+            "broken",
+            vulnerable("localhost/test/broken:1", "broken").without_history_created(),
+        ),
+        ("clean", clean("localhost/test/clean:1", "clean")),
+    ]);
+    let run = node.worker(scour()).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "degraded");
+    assert_verdict(&run, &node, "broken", "kept", "scan-failed: trivy exited with status 2");
+    assert_eq!(run.summary("scanFailed"), 1);
+    assert!(node.has("broken"));
+    let failures = run.report()["scanFailures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["images"], 1);
+
+    let settings = node.file("delete-failed.json", r#"{"deleteFailedImages": true}"#);
+    let run = node.worker(scour()).arg("--settings").arg(&settings).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_verdict(&run, &node, "broken", "removed", "scan-failed");
+    assert!(!node.has("broken"));
+    assert_verdict(&run, &node, "clean", "kept", "clean");
+}
+
+#[test]
+fn a_second_pass_does_not_rescan_unchanged_images() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("clean-a", clean("localhost/test/clean-a:1", "clean-a")),
+        ("clean-b", clean("localhost/test/clean-b:1", "clean-b")),
+        ("vulnerable", vulnerable("localhost/test/vulnerable:1", "vulnerable")),
+    ]);
+    let counting = node.work.path().join("counting");
+    std::fs::create_dir_all(&counting).unwrap();
+    let trivy = counting_trivy(&counting, &node.trivy);
+    let calls = || {
+        std::fs::read_to_string(counting.join("calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+
+    let first = node.worker(scour()).arg("--trivy").arg(&trivy).run();
+    assert_eq!(first.code(), Some(0), "{}", first.stderr());
+    let after_first = calls();
+    assert!(
+        after_first >= 4,
+        "clean-a, clean-b, vulnerable and pause were scanned: {after_first}"
+    );
+    assert!(!node.has("vulnerable"));
+
+    let second = node.worker(scour()).arg("--trivy").arg(&trivy).run();
+    assert_eq!(second.code(), Some(0), "{}", second.stderr());
+    assert_eq!(calls(), after_first, "the second pass ran Trivy");
+    assert_eq!(second.summary("trivyRuns"), 0);
+    assert_eq!(second.summary("scanCacheHits"), 3, "clean-a, clean-b and pause");
+    assert_verdict(&second, &node, "clean-a", "kept", "clean");
+}
+
+fn imagelist(node: &TestNode, entries: &[String]) -> PathBuf {
+    let mut yaml =
+        String::from("apiVersion: eraser.sh/v1\nkind: ImageList\nmetadata:\n  name: imagelist\nspec:\n  images:\n");
+    for e in entries {
+        yaml.push_str(&format!("    - \"{e}\"\n"));
+    }
+    node.file(&format!("imagelist-{}.yaml", entries.len()), &yaml)
+}
+
+#[test]
+fn manual_mode_removes_what_the_imagelist_names_then_prunes() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        (
+            "by-short-tag",
+            vulnerable("docker.io/library/busybox:1.36", "by-short-tag"),
+        ),
+        ("by-id", clean("localhost/test/by-id:1", "by-id")),
+        ("by-digest", clean("localhost/test/by-digest:1", "by-digest")),
+        (
+            "by-repo-digest",
+            clean("localhost/test/by-repo-digest:1", "by-repo-digest"),
+        ),
+        (
+            "multi",
+            clean("localhost/test/multi:v1", "multi").tag("localhost/test/multi:latest"),
+        ),
+        ("unlisted", vulnerable("localhost/test/unlisted:1", "unlisted")),
+        ("running", runnable_vulnerable("localhost/test/running:1", "running")),
+    ]);
+    let running = node.id("running");
+    block_on(async {
+        let pod = node.ctd.run_pod("app").await.unwrap();
+        node.ctd
+            .create_container(&pod, &running, "running", true)
+            .await
+            .unwrap();
+    });
+    let digest_of = |role: &str| node.images[role].manifest_digest();
+    let list = imagelist(
+        &node,
+        &[
+            "busybox:1.36".into(),
+            node.id("by-id"),
+            digest_of("by-digest"),
+            format!("localhost/test/by-repo-digest@{}", digest_of("by-repo-digest")),
+            "localhost/test/multi:v1".into(),
+            "localhost/test/running:1".into(),
+        ],
+    );
+    let run = node.worker(scour()).arg("--imagelist").arg(&list).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.report()["mode"], "manual");
+    assert_eq!(run.summary("trivyRuns"), 0, "manual mode scans nothing");
+    for role in ["by-short-tag", "by-id", "by-digest", "by-repo-digest", "multi"] {
+        assert_verdict(&run, &node, role, "removed", "imagelist: ");
+        assert!(!node.has(role), "{role} is still there");
+    }
+    assert_verdict(&run, &node, "unlisted", "kept", "not-listed");
+    assert_verdict(&run, &node, "running", "kept", "in-use");
+    assert_report_matches_node(&run, &node);
+
+    let prune = imagelist(&node, &["*".into()]);
+    let run = node.worker(scour()).arg("--imagelist").arg(&prune).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_verdict(&run, &node, "unlisted", "removed", "prune");
+    assert_verdict(&run, &node, "running", "kept", "in-use");
+    assert!(node.has("running"));
+    // The sandbox image survives a prune: the host guards it.
+    let (action, reason) = run.verdict(&node.sandbox_id());
+    assert_eq!(action, "kept");
+    assert!(
+        reason.contains("guard: sandbox image localhost/test/pause:1"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn system_excluded_images_survive_a_policy_that_removes_everything() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        (
+            "system",
+            vulnerable("registry.k8s.io/coredns/coredns:v1.11.1", "system"),
+        ),
+        ("plain", clean("localhost/test/plain:1", "plain")),
+        ("running", runnable_vulnerable("localhost/test/running:1", "running")),
+    ]);
+    let running = node.id("running");
+    block_on(async {
+        let pod = node.ctd.run_pod("app").await.unwrap();
+        node.ctd
+            .create_container(&pod, &running, "running", true)
+            .await
+            .unwrap();
+    });
+    let system = node.exclusions("system.json", &["registry.k8s.io/*"]);
+    let run = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(hostile("remove_all"))
+        .arg("--system-exclusions")
+        .arg(&system)
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_verdict(
+        &run,
+        &node,
+        "system",
+        "kept",
+        "guard: system exclusion registry.k8s.io/*",
+    );
+    assert_verdict(&run, &node, "running", "kept", "guard: in-use");
+    assert_verdict(&run, &node, "plain", "removed", "hostile: remove everything");
+    assert!(node.has("system") && node.has("running"));
+    let (action, reason) = run.verdict(&node.sandbox_id());
+    assert_eq!(
+        (action.as_str(), reason.contains("guard: sandbox image")),
+        ("kept", true),
+        "{reason}"
+    );
+    assert_eq!(run.report()["policy"]["name"], "hostile-remove-all");
+}
+
+/// Waits for a file to appear (written atomically by the worker).
+fn wait_for(path: &Path, limit: Duration) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(started.elapsed() < limit, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_container_created_between_decide_and_remove_keeps_its_image() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("target", runnable_vulnerable("localhost/test/target:1", "target")),
+        ("other", clean("localhost/test/other:1", "other")),
+    ]);
+    let snapshot = node.work.path().join("snapshot.yaml");
+    let spin = node.file("spin.txt", "4000000000");
+    let (child, report) = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(hostile("slow_remove_all"))
+        .arg("--settings")
+        .arg(&spin)
+        .args(["--policy-timeout", "120s", "--snapshot-out"])
+        .arg(&snapshot)
+        .spawn();
+    // The snapshot is written just before decide; the slow policy then spins.
+    wait_for(&snapshot, Duration::from_secs(60));
+    let target = node.id("target");
+    block_on(async {
+        let pod = node.ctd.run_pod("late").await.unwrap();
+        node.ctd.create_container(&pod, &target, "late", false).await.unwrap();
+    });
+    let output = child.wait_with_output().unwrap();
+    let run = Run {
+        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
+        output,
+    };
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_verdict(
+        &run,
+        &node,
+        "target",
+        "kept",
+        "guard: in-use, found just before removal",
+    );
+    assert_verdict(&run, &node, "other", "removed", "slow: remove everything");
+    assert!(node.has("target"));
+}
+
+#[test]
+fn the_snapshot_replays_offline_to_the_same_verdicts() {
+    let Some((node, user, system)) = standard_node() else {
+        return;
+    };
+    let snapshot = node.work.path().join("node.json");
+    let run = node
+        .worker(scour())
+        .args(["--dry-run", "--exclusions"])
+        .arg(&user)
+        .arg("--system-exclusions")
+        .arg(&system)
+        .arg("--snapshot-out")
+        .arg(&snapshot)
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    let eval = std::process::Command::new(SCOUR)
+        .args(["policy", "eval", "--output", "json", "--input"])
+        .arg(&snapshot)
+        .arg("--policy-cache-dir")
+        .arg(scour_testkit::scenario::policy_cache_dir())
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    for d in eval["decisions"].as_array().unwrap() {
+        let (action, reason) = run.verdict(d["id"].as_str().unwrap());
+        if reason.starts_with("guard:") {
+            continue;
+        }
+        let expected = if d["action"] == "remove" {
+            "would-remove"
+        } else {
+            "kept"
+        };
+        assert_eq!(action, expected, "{d}");
+        assert_eq!(reason, d["reason"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn an_eraser_config_drives_runtime_and_scanner_settings() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("vulnerable", vulnerable("localhost/test/vulnerable:1", "vulnerable")),
+        ("eol", end_of_life("localhost/test/eol:1", "eol")),
+    ]);
+    let config = node.file(
+        "eraser.yaml",
+        &format!(
+            "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\nmanager:\n  runtime:\n    name: containerd\n    address: {}\ncomponents:\n  scanner:\n    enabled: true\n    config: |\n      cacheDir: {}\n      deleteEOLImages: false\n      vulnerabilities:\n        severities: [CRITICAL]\n      timeout:\n        perImage: 30s\n        total: 10m\n",
+            node.ctd.endpoint(),
+            node.trivy_cache().display()
+        ),
+    );
+    let mut worker = node.worker(scour());
+    // Everything the config gives must come from it: no --runtime-endpoint
+    // and no --trivy-cache-dir.
+    worker.cmd = std::process::Command::new(SCOUR);
+    let run = worker
+        .args(["worker", "--trivy-offline", "--config"])
+        .arg(&config)
+        .arg("--trivy")
+        .arg(&node.trivy)
+        .arg("--state-dir")
+        .arg(node.state_dir())
+        .args(["--output", "json", "--termination-log", "/nonexistent"])
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.output.stdout).expect("--output json prints the report");
+    let find = |id: &str| {
+        report["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let v = find(&node.id("vulnerable"));
+    assert_eq!(v["action"], "removed");
+    assert_eq!(
+        v["reason"], "vulnerable: 1 CRITICAL",
+        "only CRITICAL counts and EOL is off"
+    );
+    assert_eq!(find(&node.id("eol"))["action"], "kept");
+}
+
+#[test]
+fn the_termination_message_summarises_the_pass() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![(
+        "vulnerable",
+        vulnerable("localhost/test/vulnerable:1", "vulnerable"),
+    )]);
+    let log = node.file("termination-log", "");
+    let run = node.worker(scour()).arg("--termination-log").arg(&log).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.len() <= 4096);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["node"], "scenario-node");
+    assert_eq!(v["summary"]["removed"], 1);
+    assert_eq!(v["removed"][0]["image"], "localhost/test/vulnerable:1");
+}
+
+#[test]
+fn sigterm_ends_a_daemon_cleanly() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![("clean", clean("localhost/test/clean:1", "clean"))]);
+    let (child, report) = node.worker(scour()).args(["--interval", "1h"]).spawn();
+    wait_for(&report, Duration::from_secs(60));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
