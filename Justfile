@@ -18,6 +18,11 @@ build-policies: setup
     cp target/guests/wasm32-wasip2/guest/scour_default_policy.wasm target/policies/default.wasm
     @echo "built target/policies/default.wasm"
 
+# A private containerd with sample images, real Trivy, one pass with the default policy (needs root).
+demo: setup
+    cargo build --quiet -p scour -p scour-testkit --bin scour --bin scour-demo
+    target/debug/scour-demo target/debug/scour
+
 # Build the scour binary (release).
 build: setup
     cargo build --release -p scour

@@ -588,3 +588,59 @@ fn sigterm_ends_a_daemon_cleanly() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_daemon_hot_swaps_its_policy_when_the_file_changes() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![("clean", clean("localhost/test/clean:1", "clean"))]);
+    let policy = node.work.path().join("policy.wasm");
+    std::fs::copy(scour_testkit::guests::default_policy_path(), &policy).unwrap();
+    let (child, report) = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--policy-watch", "--policy-watch-interval", "100ms", "--interval", "1s"])
+        .spawn();
+    let read = || -> Option<serde_json::Value> { serde_json::from_slice(&std::fs::read(&report).ok()?).ok() };
+    let wait_until = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let started = Instant::now();
+        loop {
+            if read().is_some_and(|r| done(&r)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_until("a pass under the default policy", &|r| {
+        r["policy"]["name"] == "scour-default"
+    });
+    assert!(node.has("clean"));
+
+    // Replace the file the way a ConfigMap update does: a new file renamed in.
+    let next = node.work.path().join("policy.wasm.new");
+    std::fs::copy(hostile("remove_all"), &next).unwrap();
+    std::fs::rename(&next, &policy).unwrap();
+    let clean_id = node.id("clean");
+    wait_until("a pass under the swapped policy", &|r| {
+        r["policy"]["name"] == "hostile-remove-all"
+            && r["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["id"] == clean_id && i["action"] == "removed")
+    });
+    assert!(!node.has("clean"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("policy swapped"), "{log}");
+}

@@ -75,3 +75,14 @@ pub fn hostile_guest_path(name: &str) -> PathBuf {
         .join("wasm32-wasip2/guest/examples")
         .join(format!("{name}.wasm"))
 }
+
+/// The default policy component, built from `policies/default` like the
+/// host's build script builds it.
+pub fn default_policy_path() -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| cargo_build_guest("scour-default-policy", &[]))
+        .as_ref()
+        .unwrap_or_else(|e| panic!("building the default policy: {e}"));
+    guest_target_dir().join("wasm32-wasip2/guest/scour_default_policy.wasm")
+}
