@@ -51,3 +51,4 @@ ci: fmt-check lint test
 # Benchmarks (release build); each prints ratios against its baseline.
 bench: setup
     cargo bench -p scour --bench policy
+    cargo bench -p scour --bench worker

@@ -4,6 +4,7 @@
 //! collect → scan → decide → guard → remove → report; the decision runs as a
 //! sandboxed WebAssembly component ([`policy`]).
 
+pub mod bounded;
 pub mod cli;
 pub mod collect;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod cri;
 pub mod exclusions;
 pub mod fsutil;
 pub mod guard;
+pub mod memory;
 pub mod output;
 pub mod policy;
 pub mod remove;

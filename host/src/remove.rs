@@ -5,8 +5,6 @@
 use std::sync::Arc;
 
 use scour_policy_sdk::Image;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::collect::ImageIndex;
@@ -54,26 +52,18 @@ pub async fn remove(
     concurrency: usize,
     cancel: &CancellationToken,
 ) -> Vec<(Image, Outcome)> {
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    for (order, image) in targets.into_iter().enumerate() {
-        let (cri, guard, permits, cancel) = (cri.clone(), guard.clone(), permits.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire().await;
+    let mut results = crate::bounded::map_bounded(targets.into_iter().enumerate(), concurrency, |(order, image)| {
+        let (cri, guard, cancel) = (cri.clone(), guard.clone(), cancel.clone());
+        async move {
             let outcome = if cancel.is_cancelled() {
                 Outcome::Skipped("scour is shutting down".into())
             } else {
                 remove_one(&cri, &image, &guard, dry_run).await
             };
             (order, image, outcome)
-        });
-    }
-    let mut results = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(r) = joined {
-            results.push(r);
         }
-    }
+    })
+    .await;
     results.sort_by_key(|(order, _, _)| *order);
     results
         .into_iter()

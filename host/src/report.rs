@@ -130,6 +130,9 @@ pub struct PassReport {
     pub scan_failures: Vec<FailureGroup>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_fs: Option<ImageFs>,
+    /// The worker's peak resident memory so far (VmHWM), Trivy excluded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     pub errors: Vec<String>,
 }
 
@@ -149,6 +152,7 @@ impl PassReport {
             durations: BTreeMap::new(),
             scan_failures: Vec::new(),
             image_fs: None,
+            peak_rss_bytes: None,
             errors: Vec::new(),
         }
     }
@@ -298,24 +302,54 @@ impl PassReport {
             dry_run: self.dry_run,
             policy: &self.policy.digest,
             summary: &self.summary,
-            removed,
-            failed,
-            errors,
-            omitted: 0,
+            removed: Vec::new(),
+            failed: Vec::new(),
+            errors: Vec::new(),
+            omitted: removed.len() + failed.len() + errors.len(),
         };
-        loop {
-            let text = serde_json::to_string(&c).unwrap_or_default();
-            if text.len() <= TERMINATION_LIMIT {
-                return text;
+        // Fill within budget, errors first (they explain a failed pass), then
+        // failures, then removals; each entry costs its JSON plus a comma.
+        let mut size = serde_json::to_string(&c).map(|t| t.len()).unwrap_or(0) + 16;
+        for e in errors {
+            let n = json_len(&e) + 1;
+            if size + n > TERMINATION_LIMIT {
+                break;
             }
-            // Errors go last: they explain a failed pass.
-            if c.removed.pop().is_some() || c.failed.pop().is_some() || c.errors.pop().is_some() {
-                c.omitted += 1;
-            } else {
-                return text[..TERMINATION_LIMIT].to_owned();
+            size += n;
+            c.errors.push(e);
+            c.omitted -= 1;
+        }
+        for (from, to) in [(failed, &mut c.failed), (removed, &mut c.removed)] {
+            for e in from {
+                let n = json_len(&e) + 1;
+                if size + n > TERMINATION_LIMIT {
+                    break;
+                }
+                size += n;
+                to.push(e);
+                c.omitted -= 1;
             }
         }
+        let text = serde_json::to_string(&c).unwrap_or_default();
+        if text.len() <= TERMINATION_LIMIT {
+            text
+        } else {
+            text[..TERMINATION_LIMIT].to_owned()
+        }
     }
+}
+
+/// The length of a value's JSON, for budgeting.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_string(value).map(|t| t.len()).unwrap_or(0)
+}
+
+/// This process's peak resident set size, from `/proc/self/status`.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -16,7 +16,7 @@ use crate::config::Loaded;
 use crate::policy::golden::Case;
 use crate::policy::{PolicyHandle, PolicySource, PolicyWatcher, WatchTarget};
 use crate::scan::{ScanOptions, TrivyOptions};
-use crate::units::parse_duration;
+use crate::units::{parse_bytes, parse_duration};
 use crate::worker::{self, ExclusionSources, Outputs, Schedule, WorkerConfig};
 
 #[derive(Debug, Args)]
@@ -111,6 +111,12 @@ pub struct WorkerArgs {
     /// Trivy processes at once [default: number of cores].
     #[arg(long, env = "SCOUR_SCAN_CONCURRENCY", value_name = "N")]
     scan_concurrency: Option<usize>,
+    /// Soft memory limit of each Trivy process (Go's GOMEMLIMIT; garbage collection waits until then).
+    #[arg(long, env = "SCOUR_TRIVY_MEMORY_LIMIT", default_value = "512MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    trivy_memory_limit: u64,
+    /// Trivy's layer cache: memory (parallel scans share no lock; scour caches results per image itself) or fs.
+    #[arg(long, env = "SCOUR_TRIVY_CACHE_BACKEND", default_value = "memory", value_parser = ["memory", "fs"], value_name = "BACKEND")]
+    trivy_cache_backend: String,
 
     /// Node-local state: first-seen times and the scan cache.
     #[arg(long, env = "SCOUR_STATE_DIR", default_value = "/var/lib/scour", value_name = "DIR")]
@@ -251,6 +257,7 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
         cached = policy.stats().from_cache,
         "policy loaded"
     );
+    crate::memory::release_free_memory();
     let handle = Arc::new(PolicyHandle::new(policy));
     let watch = match (&source, args.policy_watch) {
         (PolicySource::File(path), true) => {
@@ -299,6 +306,9 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
         ignore_statuses: scanner
             .and_then(|s| s.vulnerabilities.ignored_statuses.clone())
             .unwrap_or_default(),
+        cache_backend: args.trivy_cache_backend.clone(),
+        go_max_procs: 1,
+        go_memory_limit: args.trivy_memory_limit,
         containerd_socket,
         namespace: "k8s.io".to_owned(),
     };
@@ -310,6 +320,12 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
         );
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let scan_concurrency = args.scan_concurrency.unwrap_or(cores).max(1);
+    // Parallel scans share the cores rather than each claiming all of them.
+    let trivy = TrivyOptions {
+        go_max_procs: (cores / scan_concurrency).max(1),
+        ..trivy
+    };
     let cfg = WorkerConfig {
         runtime_endpoint,
         connect_timeout: args.cri_connect_timeout,
@@ -328,7 +344,7 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
             trivy,
             per_image_timeout: per_image,
             total_timeout: total,
-            concurrency: args.scan_concurrency.unwrap_or(cores).max(1),
+            concurrency: scan_concurrency,
         },
         state_dir: Some(args.state_dir),
         sandbox_images: args.sandbox_images,

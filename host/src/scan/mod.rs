@@ -10,12 +10,9 @@ mod cache;
 pub mod trivy;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use scour_policy_sdk::{Image, ScanOutcome};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -110,23 +107,21 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], cache: &mut ScanCache, 
         "scanning"
     );
 
-    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    for img in pending {
+    let finished = crate::bounded::map_bounded(pending, opts.concurrency, |img| {
         let refs = trivy::scan_refs(&img.digests, &img.tags);
-        let (id, trivy, permits, cancel) = (img.id.clone(), opts.trivy.clone(), permits.clone(), cancel.clone());
+        let (id, trivy, cancel) = (img.id.clone(), opts.trivy.clone(), cancel.clone());
         let per_image = opts.per_image_timeout;
-        tasks.spawn(async move {
+        async move {
             let outcome = tokio::select! {
-                o = scan_one(&trivy, &refs, per_image, deadline, &permits) => o,
+                o = scan_one(&trivy, &refs, per_image, deadline) => o,
                 () = cancel.cancelled() => Attempt::failed("scan interrupted: scour is shutting down"),
             };
             (id, outcome)
-        });
-    }
+        }
+    })
+    .await;
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((id, attempt)) = joined else { continue };
+    for (id, attempt) in finished {
         run.trivy_runs += attempt.runs;
         if let ScanOutcome::Failed(_) = &attempt.outcome {
             *groups.entry(attempt.cause).or_default() += 1;
@@ -189,17 +184,10 @@ impl Attempt {
     }
 }
 
-async fn scan_one(
-    trivy: &TrivyOptions,
-    refs: &[String],
-    per_image: Duration,
-    deadline: Instant,
-    permits: &Semaphore,
-) -> Attempt {
+async fn scan_one(trivy: &TrivyOptions, refs: &[String], per_image: Duration, deadline: Instant) -> Attempt {
     if refs.is_empty() {
         return Attempt::failed("the image has no tag or digest to scan it by");
     }
-    let _permit = permits.acquire().await;
     let mut last: Option<(String, String)> = None;
     let mut runs = 0;
     for r in refs {

@@ -31,6 +31,14 @@ pub struct TrivyOptions {
     pub pkg_types: Vec<String>,
     /// `--ignore-status`, e.g. `will_not_fix`.
     pub ignore_statuses: Vec<String>,
+    /// `--cache-backend` for Trivy's layer cache: `memory` (no lock shared by
+    /// parallel scans; scour keeps results itself) or `fs`.
+    pub cache_backend: String,
+    /// Go runtime settings for each scan process: GOMAXPROCS, and GOGC=off
+    /// with this soft memory limit (GOMEMLIMIT). A short-lived scan spends
+    /// much of its time in the garbage collector otherwise.
+    pub go_max_procs: usize,
+    pub go_memory_limit: u64,
     /// The containerd socket Trivy reads images from.
     pub containerd_socket: PathBuf,
     /// The containerd namespace CRI uses.
@@ -146,6 +154,10 @@ impl TrivyOptions {
             "-q",
         ]);
         self.cache_args(&mut cmd);
+        cmd.arg("--cache-backend").arg(&self.cache_backend);
+        cmd.env("GOGC", "off")
+            .env("GOMEMLIMIT", self.go_memory_limit.to_string())
+            .env("GOMAXPROCS", self.go_max_procs.max(1).to_string());
         if !self.pkg_types.is_empty() {
             cmd.arg("--pkg-types").arg(self.pkg_types.join(","));
         }

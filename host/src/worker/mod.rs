@@ -97,6 +97,7 @@ pub async fn run_pass(cfg: &WorkerConfig, handle: &PolicyHandle, cancel: &Cancel
     pass(cfg, policy, cancel, now, mode, &mut report).await;
     report.record_phase("total", started.elapsed());
     report.finished_at = rfc3339(unix_now());
+    report.peak_rss_bytes = crate::report::peak_rss_bytes();
     report.tally();
     tracing::info!(
         status = report.status.as_str(),
@@ -417,16 +418,19 @@ pub async fn run(
     loop {
         let report = run_pass(cfg, handle, cancel).await;
         outputs.emit(&report);
+        let status = report.status;
+        drop(report);
+        crate::memory::release_free_memory();
         let Schedule::Every(interval) = schedule else {
-            return report.status;
+            return status;
         };
         if cancel.is_cancelled() {
-            return report.status;
+            return status;
         }
         tracing::info!(next_in = %humantime::format_duration(interval), "waiting for the next pass");
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = cancel.cancelled() => return report.status,
+            () = cancel.cancelled() => return status,
         }
     }
 }
