@@ -1,11 +1,31 @@
 //! WIT glue for scour policies written in Rust.
 //!
-//! Implement [`Policy`] on the SDK's plain types and export it:
+//! Implement [`Policy`] on the SDK's plain types and export it; build with
+//! `cargo build --target wasm32-wasip2` and a `cdylib` crate type:
 //!
-//! ```ignore
-//! struct MyPolicy;
-//! impl scour_policy_guest::Policy for MyPolicy { /* … */ }
-//! scour_policy_guest::export_policy!(MyPolicy);
+//! ```
+//! use scour_policy_guest::Policy;
+//! use scour_policy_guest::sdk::{Context, Decision, Image, PolicyInfo};
+//!
+//! struct KeepEverything;
+//!
+//! impl Policy for KeepEverything {
+//!     fn info() -> PolicyInfo {
+//!         PolicyInfo { name: "keep-everything".into(), version: "1.0.0".into(), max_findings: 0 }
+//!     }
+//!     fn validate_settings(settings: &str) -> Result<(), String> {
+//!         if settings.trim().is_empty() { Ok(()) } else { Err("takes no settings".into()) }
+//!     }
+//!     fn select(_: &str, _: &Context, _: &[Image]) -> Result<Vec<String>, String> {
+//!         Ok(Vec::new())
+//!     }
+//!     fn decide(_: &str, _: &Context, images: &[Image]) -> Result<Vec<Decision>, String> {
+//!         Ok(images.iter().map(|i| Decision::keep(&i.id, "kept by policy")).collect())
+//!     }
+//! }
+//!
+//! scour_policy_guest::export_policy!(KeepEverything);
+//! # fn main() {}
 //! ```
 //!
 //! The conversions from WIT values move every string, so they cost next to
