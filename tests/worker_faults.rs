@@ -87,6 +87,42 @@ fn a_hanging_trivy_is_killed_at_the_per_image_timeout() {
 }
 
 #[test]
+fn the_total_scan_deadline_fails_what_it_did_not_reach() {
+    let Some(node) = small_node() else { return };
+    let fake = tempfile::tempdir().unwrap();
+    let trivy = fake_trivy(fake.path(), Misbehaviour::Hang);
+    let started = Instant::now();
+    let run = node
+        .worker(scour())
+        .arg("--trivy")
+        .arg(&trivy)
+        .args([
+            "--scan-timeout",
+            "1m",
+            "--scan-total-timeout",
+            "2s",
+            "--scan-concurrency",
+            "1",
+        ])
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let reasons: Vec<String> = ["a", "b", "clean"].iter().map(|r| run.verdict(&node.id(r)).1).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("total deadline passed before this image was scanned")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().all(|r| r.starts_with("scan-failed: ")), "{reasons:?}");
+    assert_eq!(run.summary("removed"), 0);
+}
+
+#[test]
 fn a_crashing_trivy_is_a_failed_scan() {
     let Some(node) = small_node() else { return };
     let fake = tempfile::tempdir().unwrap();

@@ -456,6 +456,63 @@ fn a_container_created_between_decide_and_remove_keeps_its_image() {
 }
 
 #[test]
+fn an_image_removed_by_someone_else_meanwhile_is_reported_not_found() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("gone", clean("localhost/test/gone:1", "gone")),
+        ("other", clean("localhost/test/other:1", "other")),
+    ]);
+    let snapshot = node.work.path().join("snapshot.yaml");
+    let spin = node.file("spin.txt", "3000000000");
+    let (child, report) = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(hostile("slow_remove_all"))
+        .arg("--settings")
+        .arg(&spin)
+        .args(["--policy-timeout", "120s", "--snapshot-out"])
+        .arg(&snapshot)
+        .spawn();
+    wait_for(&snapshot, Duration::from_secs(60));
+    // Someone else removes it through CRI while the policy decides.
+    let gone = node.id("gone");
+    block_on(async {
+        let cri = node.ctd.cri_client().await.unwrap();
+        cri.remove_image(&gone).await.unwrap();
+    });
+    let output = child.wait_with_output().unwrap();
+    let run = Run {
+        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
+        output,
+    };
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    let img = run.report()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == gone)
+        .unwrap()
+        .clone();
+    assert_eq!(img["result"], "not-found", "{img}");
+    assert!(img["reason"].as_str().unwrap().ends_with("(already gone)"));
+    assert_verdict(&run, &node, "other", "removed", "slow: remove everything");
+    // Only what this pass removed counts as freed.
+    let other = run.report()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == node.id("other"))
+        .unwrap()
+        .clone();
+    assert_eq!(run.summary("bytesFreed"), other["sizeBytes"].as_u64().unwrap());
+    assert_eq!(
+        run.summary("removed"),
+        2,
+        "gone (already) and other; the sandbox guard keeps pause"
+    );
+}
+
+#[test]
 fn the_snapshot_replays_offline_to_the_same_verdicts() {
     let Some((node, user, system)) = standard_node() else {
         return;

@@ -122,7 +122,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "SCOUR_STATE_DIR", default_value = "/var/lib/scour", value_name = "DIR")]
     state_dir: PathBuf,
     /// Run one pass and exit (the default).
-    #[arg(long, conflicts_with = "interval")]
+    #[arg(long, env = "SCOUR_ONCE", conflicts_with = "interval")]
     once: bool,
     /// Run as a daemon: a pass now, then one every DUR, until SIGTERM.
     #[arg(long, env = "SCOUR_INTERVAL", value_parser = parse_duration, value_name = "DUR")]
@@ -410,4 +410,44 @@ fn spawn_signal_handler(cancel: CancellationToken) {
         }
         cancel.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn imagelist(text: &str) -> Result<Vec<String>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list");
+        std::fs::write(&path, text).unwrap();
+        read_imagelist(&path)
+    }
+
+    #[test]
+    fn imagelists_come_as_json_yaml_or_an_imagelist_object() {
+        assert_eq!(
+            imagelist(r#"["alpine:3.7.3", "*"]"#).unwrap(),
+            vec!["alpine:3.7.3", "*"]
+        );
+        assert_eq!(
+            imagelist("- nginx:1.25\n- redis:7\n").unwrap(),
+            vec!["nginx:1.25", "redis:7"]
+        );
+        let seed = "apiVersion: eraser.sh/v1\nkind: ImageList\nmetadata:\n  name: imagelist\nspec:\n  images:\n    - docker.io/library/alpine:3.7.3\n";
+        assert_eq!(imagelist(seed).unwrap(), vec!["docker.io/library/alpine:3.7.3"]);
+    }
+
+    #[test]
+    fn bad_imagelists_say_why() {
+        for (text, needle) in [
+            ("kind: ConfigMap\n", "expected kind ImageList"),
+            ("kind: ImageList\nspec: {}\n", "spec.images is missing"),
+            ("[1, 2]", "images must be strings"),
+            (r#"["alp*ne"]"#, "entry 0"),
+            ("just text", "expected a list of images"),
+        ] {
+            let err = format!("{:#}", imagelist(text).unwrap_err());
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
 }
