@@ -51,7 +51,9 @@ fn p1() {
     // pays for the call before its own logic runs.
     let floor_policy = LoadedPolicy::load(&engine, &hostile_guest("remove_all"), "remove_all", "").unwrap();
     for (count, iterations) in [(1_000u64, 60), (10_000, 15)] {
-        let node = synthetic_node(count);
+        let mut node = synthetic_node(count);
+        // What the host passes a policy: exclusions matched for it.
+        scour_policy_sdk::annotate(&node.context, &mut node.images).unwrap();
         let native = time(iterations, || {
             scour_default_policy::decide("", &node.context, &node.images).unwrap()
         });

@@ -84,6 +84,8 @@ mod tests {
             in_use: false,
             first_seen: 0,
             scan: ScanOutcome::NotScanned,
+            excluded_by: None,
+            listed_by: None,
         }
     }
 

@@ -61,6 +61,8 @@ pub async fn collect(cri: &CriClient, first_seen: &mut FirstSeen, now: u64) -> R
             in_use: false,
             first_seen,
             scan: ScanOutcome::NotScanned,
+            excluded_by: None,
+            listed_by: None,
         })
         .collect();
     mark_in_use(&mut images, &containers);
@@ -148,6 +150,8 @@ mod tests {
             in_use: false,
             first_seen: 0,
             scan: ScanOutcome::NotScanned,
+            excluded_by: None,
+            listed_by: None,
         }
     }
 

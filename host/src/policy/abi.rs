@@ -57,6 +57,10 @@ pub(crate) struct ImageArg<'a> {
     #[component(name = "first-seen")]
     first_seen: u64,
     scan: ScanArg<'a>,
+    #[component(name = "excluded-by")]
+    excluded_by: Option<&'a str>,
+    #[component(name = "listed-by")]
+    listed_by: Option<&'a str>,
 }
 
 #[derive(ComponentType, Lower)]
@@ -147,12 +151,19 @@ pub(crate) fn context(c: &sdk::Context) -> ContextArg<'_> {
     }
 }
 
-/// Views of the images for a call. `with_scans` is false for `select`, which
-/// always sees `not-scanned`; findings are cut to `max_findings`.
-pub(crate) fn images(images: &[sdk::Image], with_scans: bool, max_findings: usize) -> Vec<ImageArg<'_>> {
+/// Views of the images for a call, with what the host's matcher found for
+/// each. `with_scans` is false for `select`, which always sees
+/// `not-scanned`; findings are cut to `max_findings`.
+pub(crate) fn images<'a>(
+    images: &'a [sdk::Image],
+    matches: &'a [sdk::Matches],
+    with_scans: bool,
+    max_findings: usize,
+) -> Vec<ImageArg<'a>> {
     images
         .iter()
-        .map(|i| ImageArg {
+        .zip(matches)
+        .map(|(i, m)| ImageArg {
             id: &i.id,
             tags: &i.tags,
             digests: &i.digests,
@@ -165,6 +176,8 @@ pub(crate) fn images(images: &[sdk::Image], with_scans: bool, max_findings: usiz
             } else {
                 ScanArg::NotScanned
             },
+            excluded_by: m.excluded_by.as_deref(),
+            listed_by: m.listed_by.as_deref(),
         })
         .collect()
 }

@@ -292,6 +292,8 @@ fn probe_snapshot() -> Snapshot {
         in_use,
         first_seen: 1_700_000_000,
         scan,
+        excluded_by: None,
+        listed_by: None,
     };
     let clean = ScanOutcome::Scanned(ScanReport::new(
         Some(OsInfo {

@@ -147,11 +147,14 @@ impl LoadedPolicy {
     }
 
     /// Ids of the images the policy wants scanned, each offered and unique.
+    /// The host fills each image's `excluded-by` and `listed-by` from `ctx`
+    /// with the SDK matcher (the images' own fields are ignored).
     pub fn select(&self, ctx: &Context, images: &[Image]) -> Result<Vec<String>> {
+        let matches = scour_policy_sdk::matches(ctx, images).map_err(Error::Input)?;
         let args = (
             self.settings.as_str(),
             &abi::context(ctx),
-            abi::images(images, false, 0),
+            abi::images(images, &matches, false, 0),
         );
         let (answer,) = self.call(Call::Select, ctx.now, |i, s| {
             i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<String>, String>,)>(&mut *s, "select")?
@@ -181,10 +184,11 @@ impl LoadedPolicy {
     /// A verdict on every image. Images the policy left out are kept.
     pub fn decide(&self, ctx: &Context, images: &[Image]) -> Result<DecisionSet> {
         let max_findings = self.info.max_findings as usize;
+        let matches = scour_policy_sdk::matches(ctx, images).map_err(Error::Input)?;
         let args = (
             self.settings.as_str(),
             &abi::context(ctx),
-            abi::images(images, true, max_findings),
+            abi::images(images, &matches, true, max_findings),
         );
         let (answer,) = self.call(Call::Decide, ctx.now, |i, s| {
             i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<wit::Decision>, String>,)>(

@@ -89,6 +89,10 @@ pub enum Error {
     InvalidAnswer { call: Call, problem: AnswerError },
     #[error("policy failed golden case {case:?}: {detail}")]
     CaseFailed { case: String, detail: String },
+    /// The input itself is unusable, e.g. an exclusion pattern that does not
+    /// parse; the policy was not called.
+    #[error("policy input is invalid: {0}")]
+    Input(String),
 }
 
 impl Error {
@@ -106,6 +110,7 @@ impl Error {
             Error::Rejected { .. } => "rejected",
             Error::InvalidAnswer { .. } => "invalid-answer",
             Error::CaseFailed { .. } => "case-failed",
+            Error::Input(_) => "input",
         }
     }
 }

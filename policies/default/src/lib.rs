@@ -11,9 +11,7 @@
 //! on wasm32 it is exported as the `scour:policy` component.
 
 use scour_policy_sdk::settings::Settings;
-use scour_policy_sdk::{
-    Context, Decision, Image, ImageNames, Mode, PatternSet, PolicyInfo, ScanOutcome, ScanReport, Severity,
-};
+use scour_policy_sdk::{Context, Decision, Image, Mode, PolicyInfo, ScanOutcome, ScanReport, Severity};
 
 pub const NAME: &str = "scour-default";
 
@@ -85,32 +83,6 @@ pub fn validate_settings(settings: &str) -> Result<(), String> {
     DefaultSettings::parse(settings).map(drop)
 }
 
-/// Patterns from the context, parsed once per call.
-struct Lists {
-    exclusions: PatternSet,
-    imagelist: Option<PatternSet>,
-}
-
-impl Lists {
-    fn new(ctx: &Context) -> Result<Self, String> {
-        let exclusions = PatternSet::parse(&ctx.exclusions).map_err(|e| format!("exclusions: {e}"))?;
-        let imagelist = match ctx.mode {
-            Mode::Manual => Some(PatternSet::parse(&ctx.imagelist).map_err(|e| format!("imagelist: {e}"))?),
-            Mode::Automatic => None,
-        };
-        Ok(Self { exclusions, imagelist })
-    }
-
-    /// Whether any list needs the image's names.
-    fn need_names(&self) -> bool {
-        !self.exclusions.is_empty() || self.imagelist.is_some()
-    }
-
-    fn excluded<'p>(&'p self, names: Option<&ImageNames<'_>>) -> Option<&'p scour_policy_sdk::Pattern> {
-        names.and_then(|n| self.exclusions.first_match(n))
-    }
-}
-
 /// Images worth a scan: in automatic mode, the unused, unpinned, unexcluded
 /// ones, unless no scan result could change the verdict.
 pub fn select(settings: &str, ctx: &Context, images: &[Image]) -> Result<Vec<String>, String> {
@@ -118,42 +90,34 @@ pub fn select(settings: &str, ctx: &Context, images: &[Image]) -> Result<Vec<Str
     if ctx.mode == Mode::Manual || !s.scanning_matters() {
         return Ok(Vec::new());
     }
-    let lists = Lists::new(ctx)?;
     Ok(images
         .iter()
-        .filter(|img| {
-            !img.in_use
-                && !img.pinned
-                && lists
-                    .excluded(lists.need_names().then(|| img.names()).as_ref())
-                    .is_none()
-        })
+        .filter(|img| !img.in_use && !img.pinned && img.excluded_by.is_none())
         .map(|img| img.id.clone())
         .collect())
 }
 
-/// A verdict for every image.
+/// A verdict for every image. Exclusions and ImageList entries come matched
+/// by the host (`excluded_by`, `listed_by`).
 pub fn decide(settings: &str, ctx: &Context, images: &[Image]) -> Result<Vec<Decision>, String> {
     let s = DefaultSettings::parse(settings)?;
-    let lists = Lists::new(ctx)?;
-    Ok(images.iter().map(|img| decide_one(&s, &lists, img)).collect())
+    Ok(images.iter().map(|img| decide_one(&s, ctx.mode, img)).collect())
 }
 
-fn decide_one(s: &DefaultSettings, lists: &Lists, img: &Image) -> Decision {
+fn decide_one(s: &DefaultSettings, mode: Mode, img: &Image) -> Decision {
     if img.in_use {
         return Decision::keep(&img.id, "in-use");
     }
     if img.pinned {
         return Decision::keep(&img.id, "pinned");
     }
-    let names = lists.need_names().then(|| img.names());
-    if let Some(p) = lists.excluded(names.as_ref()) {
-        return Decision::keep(&img.id, labelled("excluded: ", p.source()));
+    if let Some(p) = &img.excluded_by {
+        return Decision::keep(&img.id, labelled("excluded: ", p));
     }
-    if let (Some(imagelist), Some(names)) = (&lists.imagelist, &names) {
-        return match imagelist.first_named_match(names) {
-            Some(p) => Decision::remove(&img.id, labelled("imagelist: ", p.source())),
-            None if imagelist.has_all() => Decision::remove(&img.id, "prune"),
+    if mode == Mode::Manual {
+        return match img.listed_by.as_deref() {
+            Some("*") => Decision::remove(&img.id, "prune"),
+            Some(entry) => Decision::remove(&img.id, labelled("imagelist: ", entry)),
             None => Decision::keep(&img.id, "not-listed"),
         };
     }

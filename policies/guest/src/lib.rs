@@ -169,6 +169,8 @@ fn image(i: wit::Image) -> Image {
         pinned: i.pinned,
         in_use: i.in_use,
         first_seen: i.first_seen,
+        excluded_by: i.excluded_by,
+        listed_by: i.listed_by,
         scan: match i.scan {
             wit::ScanOutcome::NotScanned => ScanOutcome::NotScanned,
             wit::ScanOutcome::Failed(reason) => ScanOutcome::Failed(reason),

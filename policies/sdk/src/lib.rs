@@ -17,8 +17,8 @@ pub mod settings;
 pub mod severity;
 
 pub use model::{
-    Action, Context, Decision, Finding, Image, ImageFs, Mode, OsInfo, PolicyInfo, ScanOutcome, ScanReport, ScanStatus,
-    SeverityCount, Snapshot, VulnSummary,
+    Action, Context, Decision, Finding, Image, ImageFs, Matches, Mode, OsInfo, PolicyInfo, ScanOutcome, ScanReport,
+    ScanStatus, SeverityCount, Snapshot, VulnSummary, annotate, matches,
 };
 pub use pattern::{ImageNames, Pattern, PatternError, PatternSet};
 pub use severity::Severity;

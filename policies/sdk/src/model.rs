@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pattern::ImageNames;
+use crate::pattern::{ImageNames, PatternSet};
 use crate::severity::Severity;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +214,62 @@ pub struct Image {
     /// Unix seconds.
     pub first_seen: u64,
     pub scan: ScanOutcome,
+    /// The user exclusion pattern matching this image; derived by
+    /// [`annotate`], not stored in snapshots.
+    #[serde(skip)]
+    pub excluded_by: Option<String>,
+    /// Manual mode: the ImageList entry naming this image; derived by
+    /// [`annotate`], not stored in snapshots.
+    #[serde(skip)]
+    pub listed_by: Option<String>,
+}
+
+/// What the context's patterns say about one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matches {
+    pub excluded_by: Option<String>,
+    pub listed_by: Option<String>,
+}
+
+/// Matches every image against the context's exclusions and (in manual
+/// mode) ImageList with the SDK matcher. Fails on a pattern that cannot be
+/// parsed.
+pub fn matches(ctx: &Context, images: &[Image]) -> Result<Vec<Matches>, String> {
+    let exclusions = PatternSet::parse(&ctx.exclusions).map_err(|e| format!("exclusions: {e}"))?;
+    let imagelist = match ctx.mode {
+        Mode::Manual => Some(PatternSet::parse(&ctx.imagelist).map_err(|e| format!("imagelist: {e}"))?),
+        Mode::Automatic => None,
+    };
+    if exclusions.is_empty() && imagelist.as_ref().is_none_or(PatternSet::is_empty) {
+        return Ok(vec![Matches::default(); images.len()]);
+    }
+    let prune = imagelist
+        .as_ref()
+        .and_then(|l| l.iter().find(|p| p.is_all()).map(|p| p.source().to_owned()));
+    Ok(images
+        .iter()
+        .map(|img| {
+            let names = img.names();
+            Matches {
+                excluded_by: exclusions.first_match(&names).map(|p| p.source().to_owned()),
+                listed_by: imagelist
+                    .as_ref()
+                    .and_then(|l| l.first_named_match(&names).map(|p| p.source().to_owned()))
+                    .or_else(|| prune.clone()),
+            }
+        })
+        .collect())
+}
+
+/// Fills each image's `excluded_by` and `listed_by`: what the host passes a
+/// policy, for calling a policy's logic natively.
+pub fn annotate(ctx: &Context, images: &mut [Image]) -> Result<(), String> {
+    let found = matches(ctx, images)?;
+    for (img, m) in images.iter_mut().zip(found) {
+        img.excluded_by = m.excluded_by;
+        img.listed_by = m.listed_by;
+    }
+    Ok(())
 }
 
 impl Image {
@@ -385,6 +441,8 @@ impl TryFrom<RawSnapshot> for Snapshot {
                 in_use: r.in_use,
                 first_seen: r.first_seen.unwrap_or(now),
                 scan: r.scan,
+                excluded_by: None,
+                listed_by: None,
             });
         }
         Ok(Snapshot {
@@ -472,6 +530,32 @@ mod tests {
         assert_eq!(r.truncated(1).summary.total(), 2);
         let again: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn annotate_names_the_matching_exclusion_and_entry() {
+        let mut s: Snapshot = serde_json::from_str(
+            r#"{"context":{"now":1,"mode":"manual","imagelist":["*","alpine:3"],"exclusions":["docker.io/library/redis:*"]},
+                "images":[{"id":"a","tags":["docker.io/library/alpine:3"]},{"id":"r","tags":["redis:7"]},{"id":"x"}]}"#,
+        )
+        .unwrap();
+        annotate(&s.context, &mut s.images).unwrap();
+        assert_eq!(
+            s.images[0].listed_by.as_deref(),
+            Some("alpine:3"),
+            "a named entry wins over *"
+        );
+        assert_eq!(s.images[1].excluded_by.as_deref(), Some("docker.io/library/redis:*"));
+        assert_eq!(s.images[2].listed_by.as_deref(), Some("*"));
+        assert_eq!(s.images[2].excluded_by, None);
+        s.context.exclusions.push("alp*ne".into());
+        assert!(
+            annotate(&s.context, &mut s.images)
+                .unwrap_err()
+                .starts_with("exclusions: entry 1")
+        );
+        // Derived fields are not part of the snapshot format.
+        assert!(!serde_json::to_string(&s).unwrap().contains("excludedBy"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub fn small_node() -> Snapshot {
         in_use: false,
         first_seen: NOW - 86_400,
         scan,
+        excluded_by: None,
+        listed_by: None,
     };
     let mut in_use = image(
         4,
@@ -127,6 +129,8 @@ pub fn synthetic_node(count: u64) -> Snapshot {
                 in_use: r % 11 == 0,
                 first_seen: NOW - (r % 90) * 86_400,
                 scan,
+                excluded_by: None,
+                listed_by: None,
             }
         })
         .collect();
