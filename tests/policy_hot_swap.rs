@@ -167,6 +167,7 @@ fn the_watcher_follows_a_configmap_symlink_swap() {
         policy: d.join("policy.wasm"),
         settings: Some(d.join("settings.json")),
         cases: Vec::new(),
+        pin: None,
     };
     let mut watcher = PolicyWatcher::new(handle.clone(), target);
     assert!(matches!(watcher.poll_once(), Poll::Unchanged));
@@ -211,6 +212,7 @@ fn a_spawned_watcher_swaps_within_its_interval() {
         policy: d.join("policy.wasm"),
         settings: None,
         cases: Vec::new(),
+        pin: None,
     };
     let guard = PolicyWatcher::new(handle.clone(), target).spawn(Duration::from_millis(50));
     let remove_all = hostile_guest("remove_all");
@@ -257,4 +259,31 @@ fn the_artifact_cache_serves_a_second_load_and_survives_corruption() {
         again.decide(&node.context, &node.images).unwrap().decisions.len(),
         node.images.len()
     );
+}
+
+#[test]
+fn a_pinned_watcher_swaps_only_to_the_pinned_digest() {
+    use scour::policy::DigestPin;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    configmap_version(d, "..v1", embedded_default_policy(), "");
+    let pin_file = d.join("policy.sha256");
+    std::fs::write(&pin_file, digest_of(embedded_default_policy())).unwrap();
+    let engine = PolicyEngine::new(Limits::production(), None).unwrap();
+    let handle = handle_with_default(&engine);
+    let target = WatchTarget {
+        policy: d.join("policy.wasm"),
+        settings: None,
+        cases: Vec::new(),
+        pin: Some(DigestPin::parse(&format!("@{}", pin_file.display())).unwrap()),
+    };
+    let mut watcher = PolicyWatcher::new(handle.clone(), target);
+    let remove_all = hostile_guest("remove_all");
+    // New bytes without a new pin are refused.
+    configmap_version(d, "..v2", &remove_all, "");
+    assert!(matches!(watcher.poll_once(), Poll::Refused(e) if e.kind() == "pin-mismatch"));
+    assert_eq!(handle.current().digest(), digest_of(embedded_default_policy()));
+    // The pin catches up: the same bytes now swap in.
+    std::fs::write(&pin_file, digest_of(&remove_all)).unwrap();
+    assert!(matches!(watcher.poll_once(), Poll::Swapped { digest } if digest == digest_of(&remove_all)));
 }

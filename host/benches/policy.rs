@@ -90,6 +90,7 @@ fn p2() {
             policy: policy_path.clone(),
             settings: None,
             cases: Vec::new(),
+            pin: None,
         };
         let mut watcher = PolicyWatcher::new(handle, target);
         let mut times = Vec::new();

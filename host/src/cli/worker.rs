@@ -14,7 +14,7 @@ use super::policy::{PolicyArgs, SettingsArg};
 use super::{EXIT_USAGE, Output};
 use crate::config::Loaded;
 use crate::policy::golden::Case;
-use crate::policy::{PolicyHandle, PolicySource, PolicyWatcher, WatchTarget};
+use crate::policy::{DigestPin, PolicyHandle, PolicySource, PolicyWatcher, WatchTarget};
 use crate::scan::{ScanOptions, TrivyOptions};
 use crate::units::{parse_bytes, parse_duration};
 use crate::worker::{self, ExclusionSources, Outputs, Schedule, WorkerConfig};
@@ -47,6 +47,10 @@ pub struct WorkerArgs {
     /// How often --policy-watch reads the files.
     #[arg(long, env = "SCOUR_POLICY_WATCH_INTERVAL", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     policy_watch_interval: Duration,
+    /// The policy's sha256: `sha256:HEX`, or `@FILE` holding it (re-read at every load and watch poll).
+    /// Other bytes are refused [default: scour.policy.sha256 from --config].
+    #[arg(long, env = "SCOUR_POLICY_SHA256", value_parser = DigestPin::parse, value_name = "DIGEST|@FILE")]
+    policy_sha256: Option<DigestPin>,
     /// Golden cases (files or directories) a new policy must pass before a hot swap.
     #[arg(long, env = "SCOUR_POLICY_CASES", value_name = "PATH")]
     policy_cases: Vec<PathBuf>,
@@ -248,6 +252,10 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
         (None, None, _) => String::new(),
     };
     let policy = args.policy.load(args.policy.limits(), &settings)?;
+    let pin = args.policy_sha256.clone();
+    if let Some(pin) = &pin {
+        pin.check(policy.digest())?;
+    }
     tracing::info!(
         policy = %policy.info().name,
         version = %policy.info().version,
@@ -271,6 +279,7 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
                     policy: path.clone(),
                     settings: args.settings.settings.clone(),
                     cases,
+                    pin: pin.clone(),
                 },
                 args.policy_watch_interval,
             ))

@@ -25,7 +25,7 @@ pub use cache::ArtifactCache;
 pub use engine::{Budget, Limits, PolicyEngine};
 pub use handle::{HandleStatus, PolicyHandle};
 pub use loaded::{DecisionSet, LoadStats, LoadedPolicy, WORLD};
-pub use source::{PolicySource, embedded_default_policy};
+pub use source::{DigestPin, PolicySource, embedded_default_policy};
 pub use watch::{PolicyWatcher, Poll, WatchGuard, WatchTarget};
 
 /// The policy export being called.
@@ -89,6 +89,8 @@ pub enum Error {
     InvalidAnswer { call: Call, problem: AnswerError },
     #[error("policy failed golden case {case:?}: {detail}")]
     CaseFailed { case: String, detail: String },
+    #[error("policy digest {actual} is not the pinned {expected}")]
+    PinMismatch { expected: String, actual: String },
     /// The input itself is unusable, e.g. an exclusion pattern that does not
     /// parse; the policy was not called.
     #[error("policy input is invalid: {0}")]
@@ -111,6 +113,7 @@ impl Error {
             Error::InvalidAnswer { .. } => "invalid-answer",
             Error::CaseFailed { .. } => "case-failed",
             Error::Input(_) => "input",
+            Error::PinMismatch { .. } => "pin-mismatch",
         }
     }
 }

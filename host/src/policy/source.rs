@@ -42,3 +42,93 @@ impl PolicySource {
         }
     }
 }
+
+/// The digest a policy must have: `sha256:<hex>` (or the bare hex), or
+/// `@FILE` holding it, re-read at every load so that a pin shipped beside
+/// the policy in one ConfigMap changes together with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigestPin {
+    Fixed(String),
+    File(PathBuf),
+}
+
+impl DigestPin {
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        match value.strip_prefix('@') {
+            Some(path) if !path.is_empty() => Ok(DigestPin::File(PathBuf::from(path))),
+            Some(_) => Err("--policy-sha256 @FILE needs a file name".into()),
+            None => normalize_digest(value).map(DigestPin::Fixed),
+        }
+    }
+
+    /// The digest the policy must have now.
+    pub fn expected(&self) -> Result<String> {
+        match self {
+            DigestPin::Fixed(d) => Ok(d.clone()),
+            DigestPin::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                normalize_digest(&text).map_err(|message| Error::PinMismatch {
+                    expected: format!("a digest in {}", path.display()),
+                    actual: message,
+                })
+            }
+        }
+    }
+
+    /// Fails unless `digest` is the pinned one.
+    pub fn check(&self, digest: &str) -> Result<()> {
+        verify_digest(&self.expected()?, digest)
+    }
+}
+
+/// Fails unless `actual` is `expected`.
+pub(crate) fn verify_digest(expected: &str, actual: &str) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::PinMismatch {
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
+        })
+    }
+}
+
+fn normalize_digest(value: &str) -> std::result::Result<String, String> {
+    let hex = value.trim();
+    let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+    } else {
+        Err(format!("{:?} is not a sha256 digest", value.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:1976f5dc680683e8abec2dd049c4baa6400d7596043a7efc4b625fd838e97d5f";
+
+    #[test]
+    fn pins_accept_digests_and_files() {
+        assert_eq!(DigestPin::parse(&D[7..]).unwrap(), DigestPin::Fixed(D.into()));
+        assert_eq!(
+            DigestPin::parse(&D.to_uppercase().replace("SHA256", "sha256")).unwrap(),
+            DigestPin::Fixed(D.into())
+        );
+        assert!(DigestPin::parse("sha256:abc").is_err());
+        assert!(DigestPin::parse("@").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.sha256");
+        std::fs::write(&file, format!("{}\n", &D[7..])).unwrap();
+        let pin = DigestPin::parse(&format!("@{}", file.display())).unwrap();
+        pin.check(D).unwrap();
+        let err = pin.check("sha256:00").unwrap_err();
+        assert_eq!(err.kind(), "pin-mismatch");
+        std::fs::write(&file, "garbage").unwrap();
+        assert!(pin.check(D).is_err());
+    }
+}

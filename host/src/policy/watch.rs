@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::golden::Case;
-use super::{Error, PolicyHandle, digest_of};
+use super::source::verify_digest;
+use super::{DigestPin, Error, PolicyHandle, digest_of};
 
 /// The files a watcher follows.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct WatchTarget {
     pub settings: Option<PathBuf>,
     /// Golden cases every candidate must pass.
     pub cases: Vec<Case>,
+    /// The digest every candidate must have.
+    pub pin: Option<DigestPin>,
 }
 
 /// The result of one poll.
@@ -42,7 +45,8 @@ impl PolicyWatcher {
     /// not trigger a reload.
     pub fn new(handle: Arc<PolicyHandle>, target: WatchTarget) -> Self {
         let current = handle.current();
-        let last_seen = Some(content_key(current.digest(), current.settings()));
+        let pin = target.pin.as_ref().map(DigestPin::expected);
+        let last_seen = Some(content_key(current.digest(), current.settings(), pin.as_ref()));
         Self {
             handle,
             target,
@@ -64,13 +68,21 @@ impl PolicyWatcher {
             }
         };
         let digest = digest_of(&bytes);
-        let key = content_key(&digest, &settings);
+        // The pin is part of what changes: a new pin alone is re-checked.
+        let pin = self.target.pin.as_ref().map(DigestPin::expected);
+        let key = content_key(&digest, &settings, pin.as_ref());
         if self.last_seen.as_deref() == Some(key.as_str()) {
             return Poll::Unchanged;
         }
         // Remember the content even when it is refused, so a broken file is
         // reported once rather than recompiled on every poll.
         self.last_seen = Some(key);
+        if let Some(pinned) = pin
+            && let Err(e) = pinned.and_then(|expected| verify_digest(&expected, &digest))
+        {
+            tracing::warn!(error = %e, "policy change refused; keeping the current one");
+            return Poll::Refused(e);
+        }
         let origin = self.target.policy.display().to_string();
         match self.handle.reload(&bytes, &origin, &settings, &self.target.cases) {
             Ok(p) => Poll::Swapped {
@@ -111,8 +123,14 @@ impl PolicyWatcher {
     }
 }
 
-fn content_key(digest: &str, settings: &str) -> String {
-    format!("{digest}+{}", digest_of(settings.as_bytes()))
+/// What identifies a version: the component, the settings and the pin.
+fn content_key(digest: &str, settings: &str, pin: Option<&Result<String, Error>>) -> String {
+    let pin = match pin {
+        Some(Ok(expected)) => expected.clone(),
+        Some(Err(e)) => e.to_string(),
+        None => String::new(),
+    };
+    format!("{digest}+{}+{pin}", digest_of(settings.as_bytes()))
 }
 
 /// Stops the watcher thread when dropped.
