@@ -4,6 +4,7 @@
 //! collect → scan → decide → guard → remove → report; the decision runs as a
 //! sandboxed WebAssembly component ([`policy`]).
 
+pub mod authoring;
 pub mod bounded;
 pub mod cli;
 pub mod collect;

@@ -10,6 +10,7 @@ use scour_policy_sdk::{Action, Snapshot};
 use serde_json::json;
 
 use super::{EXIT_FAILURE, Output};
+use crate::authoring::{Lang, Toolchain, scaffold};
 use crate::output::{Table, short_id};
 use crate::policy::golden::{Case, run_case};
 use crate::policy::{ArtifactCache, Budget, Limits, LoadedPolicy, PolicyEngine, PolicySource, WORLD};
@@ -37,6 +38,44 @@ pub enum PolicyCommand {
         input: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Write a new policy project (Rust, Python or JavaScript) that passes its own golden case.
+    New {
+        /// The policy's language.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// Project name: lowercase letters, digits and '-'.
+        name: String,
+        /// Where to create the project [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Build a policy project into a component (cargo, componentize-py or componentize-js) and check it.
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write the component [default: DIR/policy.wasm].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// componentize-py for Python projects.
+        #[arg(
+            long,
+            env = "SCOUR_COMPONENTIZE_PY",
+            default_value = "componentize-py",
+            value_name = "PATH"
+        )]
+        componentize_py: PathBuf,
+        /// componentize-js for JavaScript projects.
+        #[arg(
+            long,
+            env = "SCOUR_COMPONENTIZE_JS",
+            default_value = "componentize-js",
+            value_name = "PATH"
+        )]
+        componentize_js: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Run golden cases against a policy; exits non-zero if any fails.
     Test {
@@ -138,7 +177,55 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             output,
         } => eval(&policy, &settings, &input, output),
         PolicyCommand::Test { policy, fuel, cases } => test(&policy, fuel, &cases),
+        PolicyCommand::New { lang, name, dir } => new(lang, &name, dir),
+        PolicyCommand::Build {
+            dir,
+            out,
+            componentize_py,
+            componentize_js,
+            policy,
+        } => build(&dir, out.as_deref(), componentize_py, componentize_js, &policy),
     }
+}
+
+fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = scaffold(lang, name, &dir)?;
+    println!("created a {} policy in {}:", lang.as_str(), dir.display());
+    for f in &files {
+        println!("  {}", f.strip_prefix(&dir).unwrap_or(f).display());
+    }
+    println!(
+        "\nnext:\n  scour policy build {0}\n  scour policy test --policy {0}/policy.wasm {0}/tests",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(dir: &Path, out: Option<&Path>, py: PathBuf, js: PathBuf, args: &PolicyArgs) -> Result<ExitCode> {
+    let tools = Toolchain {
+        componentize_py: py,
+        componentize_js: js,
+        ..Toolchain::default()
+    };
+    let started = std::time::Instant::now();
+    let path = crate::authoring::build(dir, out, &tools)?;
+    let built_in = started.elapsed();
+    // A build is only done when scour can load what it built.
+    let engine = args.engine(args.limits())?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let p = LoadedPolicy::load(&engine, &bytes, &path.display().to_string(), "")
+        .with_context(|| format!("{} was built but is not a usable policy", path.display()))?;
+    println!(
+        "built {} ({} {}, {}, {}) in {:.1} s",
+        path.display(),
+        p.info().name,
+        p.info().version,
+        format_bytes(p.size() as u64),
+        p.digest(),
+        built_in.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(args: &PolicyArgs, settings: &SettingsArg, output: Output) -> Result<ExitCode> {

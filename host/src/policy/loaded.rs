@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use scour_policy_sdk::{Context, Decision, Image, PolicyInfo};
 use wasmtime::Store;
-use wasmtime::component::Instance;
+use wasmtime::component::{ComponentExportIndex, Instance};
 
 use super::abi::{self, ContextArg, ImageArg};
 use super::engine::StoreState;
@@ -18,6 +18,8 @@ pub(crate) mod wit {
 
 /// The WIT world every policy must export.
 pub const WORLD: &str = "scour:policy/policy@0.1.0";
+/// The interface of that world holding the policy's functions.
+pub const INTERFACE: &str = "scour:policy/cleanup@0.1.0";
 /// The most findings per image the host passes, whatever a policy asks for.
 pub const MAX_FINDINGS_CAP: u32 = 256;
 /// Longer reasons are cut; they end up in reports and statuses.
@@ -45,6 +47,9 @@ pub struct DecisionSet {
 pub struct LoadedPolicy {
     engine: PolicyEngine,
     pre: wit::PolicyPre<StoreState>,
+    /// `select` and `decide` inside [`INTERFACE`], called with borrowed arguments.
+    select_fn: ComponentExportIndex,
+    decide_fn: ComponentExportIndex,
     digest: String,
     size: usize,
     origin: String,
@@ -75,9 +80,21 @@ impl LoadedPolicy {
         };
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(incompatible)?;
         let pre = wit::PolicyPre::new(instance_pre).map_err(incompatible)?;
+        let function = |name: &str| {
+            component
+                .get_export_index(None, INTERFACE)
+                .and_then(|iface| component.get_export_index(Some(&iface), name))
+                .ok_or_else(|| Error::Incompatible {
+                    origin: origin.to_owned(),
+                    message: format!("no export `{name}` in {INTERFACE}"),
+                })
+        };
+        let (select_fn, decide_fn) = (function("select")?, function("decide")?);
         let mut policy = Self {
             engine: engine.clone(),
             pre,
+            select_fn,
+            decide_fn,
             digest,
             size: bytes.len(),
             origin: origin.to_owned(),
@@ -89,7 +106,9 @@ impl LoadedPolicy {
             settings: String::new(),
             stats,
         };
-        policy.info = abi::info(policy.call(Call::Info, 0, |i, s| wit::Policy::new(&mut *s, i)?.call_info(s))?);
+        policy.info = abi::info(policy.call(Call::Info, 0, |i, s| {
+            wit::Policy::new(&mut *s, i)?.scour_policy_cleanup().call_info(s)
+        })?);
         policy.info.max_findings = policy.info.max_findings.min(MAX_FINDINGS_CAP);
         policy.with_settings(settings)
     }
@@ -97,7 +116,9 @@ impl LoadedPolicy {
     /// The same component with other settings, validated first.
     pub fn with_settings(&self, settings: &str) -> Result<Self> {
         self.call(Call::ValidateSettings, 0, |i, s| {
-            wit::Policy::new(&mut *s, i)?.call_validate_settings(s, settings)
+            wit::Policy::new(&mut *s, i)?
+                .scour_policy_cleanup()
+                .call_validate_settings(s, settings)
         })?
         .map_err(Error::SettingsRejected)?;
         Ok(Self {
@@ -137,11 +158,26 @@ impl LoadedPolicy {
         &self.engine
     }
 
-    /// Exports and imports of the component, for `scour policy check`.
+    /// Exports (an exported interface as `iface (fn, fn, …)`) and imports of
+    /// the component, for `scour policy check`.
     pub fn describe_component(&self) -> (Vec<String>, Vec<String>) {
+        use wasmtime::component::types::ComponentItem;
         let ty = self.pre.instance_pre().component().component_type();
         let engine = self.pre.instance_pre().engine();
-        let exports = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+        let exports = ty
+            .exports(engine)
+            .map(|(name, item)| match item.ty {
+                ComponentItem::ComponentInstance(inst) => {
+                    let functions: Vec<&str> = inst
+                        .exports(engine)
+                        .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                        .map(|(f, _)| f)
+                        .collect();
+                    format!("{name} ({})", functions.join(", "))
+                }
+                _ => name.to_owned(),
+            })
+            .collect();
         let imports = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
         (exports, imports)
     }
@@ -157,8 +193,11 @@ impl LoadedPolicy {
             abi::images(images, &matches, false, 0),
         );
         let (answer,) = self.call(Call::Select, ctx.now, |i, s| {
-            i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<String>, String>,)>(&mut *s, "select")?
-                .call(s, (args.0, args.1, &args.2))
+            i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<String>, String>,)>(
+                &mut *s,
+                &self.select_fn,
+            )?
+            .call(s, (args.0, args.1, &args.2))
         })?;
         let ids = answer.map_err(|message| Error::Rejected {
             call: Call::Select,
@@ -192,7 +231,8 @@ impl LoadedPolicy {
         );
         let (answer,) = self.call(Call::Decide, ctx.now, |i, s| {
             i.get_typed_func::<(&str, &ContextArg, &[ImageArg]), (Result<Vec<wit::Decision>, String>,)>(
-                &mut *s, "decide",
+                &mut *s,
+                &self.decide_fn,
             )?
             .call(s, (args.0, args.1, &args.2))
         })?;

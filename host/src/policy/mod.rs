@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use cache::ArtifactCache;
 pub use engine::{Budget, Limits, PolicyEngine};
 pub use handle::{HandleStatus, PolicyHandle};
-pub use loaded::{DecisionSet, LoadStats, LoadedPolicy, WORLD};
+pub use loaded::{DecisionSet, INTERFACE, LoadStats, LoadedPolicy, WORLD};
 pub use source::{DigestPin, PolicySource, embedded_default_policy};
 pub use watch::{PolicyWatcher, Poll, WatchGuard, WatchTarget};
 
@@ -63,12 +63,10 @@ pub enum AnswerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading policy {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The message carries the cause; it is not also a `source`, or error
+    // chains would print it twice.
+    #[error("reading policy {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("policy {origin} is not a loadable WebAssembly component: {message}")]
     Compile { origin: String, message: String },
     #[error("policy {origin} does not implement {WORLD}: {message}")]

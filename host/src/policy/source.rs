@@ -35,9 +35,9 @@ impl PolicySource {
     pub fn read(&self) -> Result<Cow<'static, [u8]>> {
         match self {
             PolicySource::Embedded => Ok(Cow::Borrowed(embedded_default_policy())),
-            PolicySource::File(p) => std::fs::read(p).map(Cow::Owned).map_err(|source| Error::Read {
+            PolicySource::File(p) => std::fs::read(p).map(Cow::Owned).map_err(|error| Error::Read {
                 path: p.display().to_string(),
-                source,
+                error,
             }),
         }
     }
@@ -66,9 +66,9 @@ impl DigestPin {
         match self {
             DigestPin::Fixed(d) => Ok(d.clone()),
             DigestPin::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 })?;
                 normalize_digest(&text).map_err(|message| Error::PinMismatch {
                     expected: format!("a digest in {}", path.display()),

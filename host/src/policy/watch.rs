@@ -93,9 +93,9 @@ impl PolicyWatcher {
     }
 
     fn read(&self) -> Result<(Vec<u8>, String), Error> {
-        let read_err = |path: &PathBuf, source| Error::Read {
+        let read_err = |path: &PathBuf, error| Error::Read {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let bytes = std::fs::read(&self.target.policy).map_err(|e| read_err(&self.target.policy, e))?;
         let settings = match &self.target.settings {

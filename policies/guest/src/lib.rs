@@ -85,14 +85,17 @@ pub trait Policy {
 }
 
 /// Exports a [`Policy`] implementation as the component's `policy` world.
+/// It expands to nothing off wasm32, so a policy crate also builds natively
+/// (for its unit tests).
 #[macro_export]
 macro_rules! export_policy {
     ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_policy_world!($ty with_types_in $crate::bindings);
     };
 }
 
-impl<T: Policy> bindings::Guest for T {
+impl<T: Policy> bindings::exports::scour::policy::cleanup::Guest for T {
     fn info() -> wit::PolicyInfo {
         let i = T::info();
         wit::PolicyInfo {
