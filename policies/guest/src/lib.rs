@@ -92,6 +92,11 @@ macro_rules! export_policy {
     ($ty:ident) => {
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_policy_world!($ty with_types_in $crate::bindings);
+        // Natively, still use the implementation, so it is not dead code.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$ty as $crate::Policy>::decide;
+        };
     };
 }
 
