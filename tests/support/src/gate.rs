@@ -55,3 +55,34 @@ pub fn require_trivy() -> Option<PathBuf> {
     }
     found
 }
+
+/// A policy toolchain: `$env`, else `<workspace>/.tools/<rel>` (installed by
+/// `just setup`), else `name` on PATH; or a skip (a failure in CI).
+fn require_tool(env: &str, rel: &str, name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(env)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools").join(rel);
+            local.is_file().then_some(local)
+        })
+        .or_else(|| on_path(name));
+    if found.is_none() {
+        skip(&format!("needs {name} (run just setup)"));
+    }
+    found
+}
+
+/// componentize-py, for Python policies.
+pub fn require_componentize_py() -> Option<PathBuf> {
+    require_tool("SCOUR_COMPONENTIZE_PY", "venv/bin/componentize-py", "componentize-py")
+}
+
+/// componentize-js, for JavaScript policies.
+pub fn require_componentize_js() -> Option<PathBuf> {
+    require_tool(
+        "SCOUR_COMPONENTIZE_JS",
+        "node/node_modules/.bin/componentize-js",
+        "componentize-js",
+    )
+}
