@@ -278,3 +278,69 @@ fn usage_errors_exit_2() {
     let o = scour(&["policy", "check", "--policy-timeout", "soon"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn configmap_carries_the_policy_bytes_and_their_pin() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let path = hostile("remove_all");
+    let o = scour(&["policy", "configmap", "--name", "cleanup-policy", "--policy", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let bytes = std::fs::read(&path).unwrap();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+    assert!(
+        out.contains(&format!("sha256: \"{digest}\"")),
+        "the comment shows the pin:\n{out}"
+    );
+    let cm: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "cleanup-policy");
+    assert_eq!(cm["metadata"]["namespace"], "kube-system");
+    assert_eq!(cm["data"]["policy.sha256"].as_str(), Some(digest.as_str()));
+    let shipped = base64::engine::general_purpose::STANDARD
+        .decode(cm["binaryData"]["policy.wasm"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(shipped, bytes);
+}
+
+#[test]
+fn configmap_refuses_settings_the_policy_rejects() {
+    let o = scour(&[
+        "policy",
+        "configmap",
+        "--name",
+        "p",
+        "--settings",
+        &data("settings/typo.json"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("severites"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "nothing to apply:\n{}", stdout(&o));
+}
+
+#[test]
+fn config_check_names_the_field_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("controller_manager_config.yaml");
+    let base = "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\nmanager:\n  scheduling:\n    repeatInterval: 24h\n";
+    std::fs::write(&file, format!("{base}scour:\n  rollout:\n    maxConcurrency: 25%\n")).unwrap();
+    let o = scour(&["config", "check", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("every 24h"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("25% of the selected nodes"), "{}", stdout(&o));
+
+    for (extra, needle) in [
+        (
+            "scour:\n  rollout:\n    maxConcurrency: 0\n",
+            "scour.rollout.maxConcurrency",
+        ),
+        ("scour:\n  policy:\n    configMap: p\n", "scour.policy.sha256"),
+        ("scour:\n  polcy: {}\n", "scour.polcy"),
+    ] {
+        std::fs::write(&file, format!("{base}{extra}")).unwrap();
+        let o = scour(&["config", "check", file.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{extra}");
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+}

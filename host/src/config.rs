@@ -115,6 +115,28 @@ const CONFIG_SCHEMA: Schema = Map(&[
             ),
         ]),
     ),
+    // scour's own fields; Eraser ignores the whole section.
+    (
+        "scour",
+        Map(&[
+            (
+                "policy",
+                Map(&[
+                    ("configMap", Leaf(Used)),
+                    ("key", Leaf(Used)),
+                    ("path", Leaf(Used)),
+                    ("sha256", Leaf(Used)),
+                    ("settings", Leaf(Used)),
+                ]),
+            ),
+            (
+                "rollout",
+                Map(&[("maxConcurrency", Leaf(Used)), ("pendingTimeout", Leaf(Used))]),
+            ),
+            ("schedule", Map(&[("interval", Leaf(Used))])),
+            ("sandboxImages", Leaf(Used)),
+        ]),
+    ),
 ]);
 
 const SCANNER_SCHEMA: Schema = Map(&[
@@ -171,6 +193,58 @@ pub struct EraserConfig {
     pub manager: Manager,
     #[serde(default)]
     pub components: Components,
+    #[serde(default)]
+    pub scour: ScourConfig,
+}
+
+/// scour's extensions, in a top-level `scour` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScourConfig {
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Images protected like the sandbox image on every node.
+    #[serde(default)]
+    pub sandbox_images: Vec<String>,
+}
+
+/// Where the policy comes from. Without `configMap` or `path` the workers run
+/// the policy built into scour.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyConfig {
+    /// ConfigMap (in scour's namespace) whose `binaryData` holds the component.
+    pub config_map: Option<String>,
+    /// Its key; default `policy.wasm`.
+    pub key: Option<String>,
+    /// A component baked into the worker image, for policies over the
+    /// ConfigMap size limit (Python and JS ones).
+    pub path: Option<String>,
+    /// The component's digest; workers refuse other bytes. Required with `configMap` or `path`.
+    pub sha256: Option<String>,
+    /// The policy's settings (JSON text).
+    pub settings: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutConfig {
+    /// Nodes worked on at once: a count (`5`) or a share of the nodes (`10%`).
+    #[serde(default, deserialize_with = "quantity")]
+    pub max_concurrency: Option<String>,
+    /// How long a worker pod may stay Pending before its node counts as failed.
+    pub pending_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleConfig {
+    /// Overrides `manager.scheduling.repeatInterval`.
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -350,6 +424,50 @@ pub struct Timeouts {
     pub per_image: Option<String>,
 }
 
+/// How many nodes to work on at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Concurrency {
+    Nodes(u32),
+    /// A share of the selected nodes, rounded up, at least one.
+    Percent(f64),
+}
+
+impl Concurrency {
+    pub fn of(self, nodes: usize) -> usize {
+        match self {
+            Concurrency::Nodes(n) => n as usize,
+            Concurrency::Percent(p) => ((nodes as f64) * p / 100.0).ceil() as usize,
+        }
+        .max(1)
+    }
+}
+
+impl std::fmt::Display for Concurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Concurrency::Nodes(n) => write!(f, "{n} nodes"),
+            Concurrency::Percent(p) => write!(f, "{p}% of the selected nodes, at least 1"),
+        }
+    }
+}
+
+/// `5` or `10%`.
+pub fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
+    let t = text.trim();
+    match t.strip_suffix('%') {
+        Some(p) => match p.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(Concurrency::Percent(p)),
+            _ => Err(format!("{t:?}: a percentage must be above 0% and at most 100%")),
+        },
+        None => match t.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Concurrency::Nodes(n)),
+            _ => Err(format!(
+                "{t:?}: use a whole number of nodes (at least 1) or a percentage such as 10%"
+            )),
+        },
+    }
+}
+
 /// A loaded config and what the operator should know about it.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -460,6 +578,42 @@ impl Loaded {
         {
             return Err(format!("manager.imageJob.successRatio: {r} is outside 0.0 to 1.0"));
         }
+        let scour = &self.config.scour;
+        let policy = &scour.policy;
+        if let Some(digest) = &policy.sha256 {
+            crate::policy::DigestPin::parse(digest).map_err(|e| format!("scour.policy.sha256: {e}"))?;
+        }
+        if policy.config_map.is_some() && policy.path.is_some() {
+            return Err("scour.policy: set configMap or path, not both".into());
+        }
+        for (field, set) in [
+            ("configMap", policy.config_map.is_some()),
+            ("path", policy.path.is_some()),
+        ] {
+            if set && policy.sha256.is_none() {
+                return Err(format!(
+                    "scour.policy.sha256: required with scour.policy.{field}; pin the digest `scour policy check` prints"
+                ));
+            }
+        }
+        if let Some(settings) = &policy.settings
+            && !settings.trim().is_empty()
+        {
+            serde_json::from_str::<serde_json::Value>(settings)
+                .map_err(|e| format!("scour.policy.settings: not valid JSON: {e}"))?;
+        }
+        if let Some(c) = &scour.rollout.max_concurrency {
+            parse_concurrency(c).map_err(|e| format!("scour.rollout.maxConcurrency: {e}"))?;
+        }
+        for (path, value) in [
+            ("scour.rollout.pendingTimeout", &scour.rollout.pending_timeout),
+            ("scour.schedule.interval", &scour.schedule.interval),
+        ] {
+            if let Some(v) = value {
+                parse_go_duration(v).map_err(|e| format!("{path}: {e}"))?;
+            }
+        }
+        scour_policy_sdk::PatternSet::parse(&scour.sandbox_images).map_err(|e| format!("scour.sandboxImages: {e}"))?;
         Ok(())
     }
 
@@ -666,6 +820,60 @@ components:
         );
         let l = Loaded::parse(&text).unwrap();
         assert!(l.default_policy_settings().contains("\"scanDisabled\":true"));
+    }
+
+    #[test]
+    fn scour_extensions_are_documented_fields_checked_by_path() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let good = format!(
+            "{ERASER_DEFAULT}scour:\n  policy:\n    configMap: my-policy\n    sha256: \"{digest}\"\n    settings: '{{\"maxAgeDays\": 30}}'\n  rollout:\n    maxConcurrency: 10%\n    pendingTimeout: 10m\n  schedule:\n    interval: 168h\n  sandboxImages: [\"registry.k8s.io/pause:*\"]\n"
+        );
+        let l = Loaded::parse(&good).unwrap();
+        assert_eq!(l.config.scour.policy.config_map.as_deref(), Some("my-policy"));
+        assert_eq!(parse_concurrency("10%").unwrap().of(273), 28);
+        assert_eq!(parse_concurrency("10%").unwrap().of(3), 1);
+        assert_eq!(parse_concurrency("5").unwrap().of(3), 5);
+        for (from, to, needle) in [
+            (digest.as_str(), "sha256:beef", "scour.policy.sha256"),
+            (
+                "maxConcurrency: 10%",
+                "maxConcurrency: 0",
+                "scour.rollout.maxConcurrency",
+            ),
+            (
+                "maxConcurrency: 10%",
+                "maxConcurrency: 150%",
+                "scour.rollout.maxConcurrency",
+            ),
+            (
+                "pendingTimeout: 10m",
+                "pendingTimeout: ten",
+                "scour.rollout.pendingTimeout",
+            ),
+            ("interval: 168h", "intervals: 168h", "scour.schedule.intervals"),
+            ("maxAgeDays\": 30}'", "maxAgeDays\": }'", "scour.policy.settings"),
+        ] {
+            let err = Loaded::parse(&good.replace(from, to)).unwrap_err();
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+        let unpinned = good.replace(&format!("    sha256: \"{digest}\"\n"), "");
+        assert!(
+            Loaded::parse(&unpinned)
+                .unwrap_err()
+                .contains("required with scour.policy.configMap")
+        );
+        let baked = unpinned.replace("configMap: my-policy", "path: /policies/mine.wasm");
+        assert!(
+            Loaded::parse(&baked)
+                .unwrap_err()
+                .contains("required with scour.policy.path")
+        );
+        let both = good.replace("configMap: my-policy", "configMap: my-policy\n    path: /p.wasm");
+        assert!(
+            Loaded::parse(&both)
+                .unwrap_err()
+                .contains("configMap or path, not both")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `scour` command line. Every flag can also be set through a `SCOUR_*`
 //! environment variable.
 
+mod config;
 mod policy;
 mod worker;
 
@@ -47,6 +48,9 @@ enum Command {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     Worker(Box<worker::WorkerArgs>),
+    /// Check scour's configuration (Eraser's EraserConfig, plus scour's section).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Output for people or for programs.
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Worker(args) => worker::run(*args),
+        Command::Config(cmd) => config::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -77,6 +77,19 @@ pub enum PolicyCommand {
         #[command(flatten)]
         policy: PolicyArgs,
     },
+    /// Print a ConfigMap manifest holding a policy (binaryData), its digest and settings, for `kubectl apply -f -`.
+    Configmap {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        settings: SettingsArg,
+        /// The ConfigMap's name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Its namespace: scour's.
+        #[arg(long, default_value = "kube-system", value_name = "NAMESPACE")]
+        namespace: String,
+    },
     /// Run golden cases against a policy; exits non-zero if any fails.
     Test {
         #[command(flatten)]
@@ -178,6 +191,12 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
         } => eval(&policy, &settings, &input, output),
         PolicyCommand::Test { policy, fuel, cases } => test(&policy, fuel, &cases),
         PolicyCommand::New { lang, name, dir } => new(lang, &name, dir),
+        PolicyCommand::Configmap {
+            policy,
+            settings,
+            name,
+            namespace,
+        } => configmap(&policy, &settings, &name, &namespace),
         PolicyCommand::Build {
             dir,
             out,
@@ -186,6 +205,56 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             policy,
         } => build(&dir, out.as_deref(), componentize_py, componentize_js, &policy),
     }
+}
+
+/// The key of the component in a policy ConfigMap, and of its pin and settings.
+pub const POLICY_KEY: &str = "policy.wasm";
+pub const PIN_KEY: &str = "policy.sha256";
+pub const SETTINGS_KEY: &str = "settings.json";
+/// Kubernetes refuses a ConfigMap whose data adds up to more than 1 MiB.
+const CONFIGMAP_LIMIT: usize = 1024 * 1024;
+
+fn configmap(args: &PolicyArgs, settings: &SettingsArg, name: &str, namespace: &str) -> Result<ExitCode> {
+    use base64::Engine as _;
+    use std::collections::BTreeMap;
+    let text = settings.read()?;
+    // Only a policy that loads and accepts its settings is worth shipping.
+    let p = args.load(args.limits(), &text)?;
+    let bytes = args.source().read()?;
+    if bytes.len() + text.len() + 128 > CONFIGMAP_LIMIT {
+        anyhow::bail!(
+            "the policy is {} and a ConfigMap holds at most 1 MiB; bake it into the worker image instead and set \
+             scour.policy.path and scour.policy.sha256 (see docs/writing-policies.md)",
+            crate::units::format_bytes(bytes.len() as u64)
+        );
+    }
+    let mut data = BTreeMap::from([(PIN_KEY.to_owned(), p.digest().to_owned())]);
+    if settings.settings.is_some() {
+        data.insert(SETTINGS_KEY.to_owned(), text);
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "scour"},
+            "annotations": {
+                "scour.dev/policy": format!("{} {}", p.info().name, p.info().version),
+                "scour.dev/policy-sha256": p.digest(),
+            },
+        },
+        "binaryData": {POLICY_KEY: base64::engine::general_purpose::STANDARD.encode(&*bytes)},
+        "data": data,
+    });
+    println!(
+        "# scour policy {} {}; pin it in eraser-manager-config:\n#   scour:\n#     policy:\n#       configMap: {name}\n#       sha256: \"{}\"",
+        p.info().name,
+        p.info().version,
+        p.digest()
+    );
+    print!("{}", serde_yaml::to_string(&manifest)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> Result<ExitCode> {

@@ -240,8 +240,12 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
     let containerd_socket = crate::cri::socket_path(&runtime_endpoint)?;
 
     let source = args.policy.source();
+    let scour_policy = eraser.as_ref().map(|c| &c.config.scour.policy);
     let settings = match (&args.settings.settings, &eraser, &source) {
         (Some(_), _, _) => args.settings.read()?,
+        (None, Some(_), _) if scour_policy.and_then(|p| p.settings.as_ref()).is_some() => {
+            scour_policy.and_then(|p| p.settings.clone()).unwrap_or_default()
+        }
         (None, Some(cfg), PolicySource::Embedded) => cfg.default_policy_settings(),
         (None, Some(_), PolicySource::File(_)) => {
             tracing::warn!(
@@ -252,7 +256,11 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
         (None, None, _) => String::new(),
     };
     let policy = args.policy.load(args.policy.limits(), &settings)?;
-    let pin = args.policy_sha256.clone();
+    let pin = match (&args.policy_sha256, scour_policy.and_then(|p| p.sha256.as_deref())) {
+        (Some(pin), _) => Some(pin.clone()),
+        (None, Some(digest)) => Some(DigestPin::parse(digest).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
     if let Some(pin) = &pin {
         pin.check(policy.digest())?;
     }
@@ -356,7 +364,11 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
             concurrency: scan_concurrency,
         },
         state_dir: Some(args.state_dir),
-        sandbox_images: args.sandbox_images,
+        sandbox_images: args
+            .sandbox_images
+            .into_iter()
+            .chain(eraser.iter().flat_map(|c| c.config.scour.sandbox_images.clone()))
+            .collect(),
         remove_concurrency: args.remove_concurrency.max(1),
         snapshot_out: args.snapshot_out,
     };
