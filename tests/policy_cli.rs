@@ -344,3 +344,45 @@ fn config_check_names_the_field_at_fault() {
         assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn eval_records_its_verdicts_as_a_case_that_then_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("node-a-case.yaml");
+    let case_arg = case.to_str().unwrap();
+    let settings = data("settings/critical-only.json");
+    let snapshot = data("snapshots/node-a.yaml");
+    let o = scour(&[
+        "policy",
+        "eval",
+        "--input",
+        &snapshot,
+        "--settings",
+        &settings,
+        "--record-case",
+        case_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&case).unwrap();
+    assert!(text.contains("name: node aks-nodepool1-12345678-vmss000000, recorded from node-a.yaml"));
+    assert!(text.contains("reason: 'vulnerable: 1 CRITICAL'"), "{text}");
+    assert!(
+        text.contains("- CRITICAL"),
+        "the settings are part of the case:\n{text}"
+    );
+
+    let o = scour(&["policy", "test", case_arg]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("1 passed, 0 failed"));
+
+    // The frozen verdicts catch a change: other settings remove more.
+    let loose = text.replace("- CRITICAL", "- HIGH\n    - CRITICAL");
+    std::fs::write(&case, loose).unwrap();
+    let o = scour(&["policy", "test", case_arg]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+
+    // An existing file is never overwritten.
+    let o = scour(&["policy", "eval", "--input", &snapshot, "--record-case", case_arg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+}

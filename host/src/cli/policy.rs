@@ -38,6 +38,13 @@ pub enum PolicyCommand {
         input: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Also write a golden case that expects exactly these verdicts, for
+        /// `scour policy test`. Review it before you commit it.
+        #[arg(long, value_name = "FILE")]
+        record_case: Option<PathBuf>,
+        /// The recorded case's name [default: the snapshot's node and file].
+        #[arg(long, value_name = "NAME", requires = "record_case")]
+        case_name: Option<String>,
     },
     /// Write a new policy project (Rust, Python or JavaScript) that passes its own golden case.
     New {
@@ -188,7 +195,12 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             settings,
             input,
             output,
-        } => eval(&policy, &settings, &input, output),
+            record_case,
+            case_name,
+        } => {
+            let record = record_case.map(|file| (file, case_name));
+            eval(&policy, &settings, &input, output, record)
+        }
         PolicyCommand::Test { policy, fuel, cases } => test(&policy, fuel, &cases),
         PolicyCommand::New { lang, name, dir } => new(lang, &name, dir),
         PolicyCommand::Configmap {
@@ -363,11 +375,34 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
     parsed.with_context(|| format!("snapshot {} is not valid", path.display()))
 }
 
-fn eval(args: &PolicyArgs, settings: &SettingsArg, input: &Path, output: Output) -> Result<ExitCode> {
+fn eval(
+    args: &PolicyArgs,
+    settings: &SettingsArg,
+    input: &Path,
+    output: Output,
+    record: Option<(PathBuf, Option<String>)>,
+) -> Result<ExitCode> {
     let snapshot = read_snapshot(input)?;
-    let p = args.load(args.limits(), &settings.read()?)?;
+    let settings_text = settings.read()?;
+    let p = args.load(args.limits(), &settings_text)?;
     let selected = p.select(&snapshot.context, &snapshot.images)?;
     let decided = p.decide(&snapshot.context, &snapshot.images)?;
+    if let Some((file, name)) = record {
+        if file.exists() {
+            anyhow::bail!("{} exists; remove it or choose another file", file.display());
+        }
+        let from = input
+            .file_name()
+            .map_or_else(|| input.display().to_string(), |f| f.to_string_lossy().into_owned());
+        let name = name.unwrap_or_else(|| match snapshot.context.node.as_str() {
+            "" => format!("recorded from {from}"),
+            node => format!("node {node}, recorded from {from}"),
+        });
+        let text = crate::policy::golden::record(&name, &settings_text, &snapshot, &selected, &decided.decisions)
+            .map_err(anyhow::Error::msg)?;
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("recorded case {name:?} in {}", file.display());
+    }
     let removals = decided.decisions.iter().filter(|d| d.action == Action::Remove).count();
     match output {
         Output::Json => {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use scour_policy_sdk::{Action, Context, Image, Mode, OsInfo, ScanOutcome, ScanReport, Snapshot};
+use scour_policy_sdk::{Action, Context, Decision, Image, Mode, OsInfo, ScanOutcome, ScanReport, Snapshot};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -177,6 +177,47 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
             "no such file or directory",
         ))
     }
+}
+
+/// A case that freezes a policy's verdicts on a snapshot: every image's
+/// action and exact reason. Reviewed once, it guards against regressions.
+pub fn record(
+    name: &str,
+    settings: &str,
+    snapshot: &Snapshot,
+    selected: &[String],
+    decisions: &[Decision],
+) -> Result<String, String> {
+    let mut case = serde_yaml::Mapping::new();
+    case.insert("name".into(), name.into());
+    if !settings.trim().is_empty() {
+        // An object reads better as YAML; anything else stays text.
+        let value = match serde_json::from_str::<serde_json::Value>(settings) {
+            Ok(v @ serde_json::Value::Object(_)) => serde_yaml::to_value(v).map_err(|e| e.to_string())?,
+            _ => Value::String(settings.to_owned()),
+        };
+        case.insert("settings".into(), value);
+    }
+    let Value::Mapping(body) = serde_yaml::to_value(snapshot).map_err(|e| e.to_string())? else {
+        return Err("a snapshot serialises to a mapping".into());
+    };
+    case.extend(body);
+    let expect: Vec<Value> = decisions
+        .iter()
+        .map(|d| {
+            let mut e = serde_yaml::Mapping::new();
+            e.insert("image".into(), d.id.clone().into());
+            e.insert("action".into(), d.action.as_str().into());
+            e.insert("reason".into(), d.reason.clone().into());
+            Value::Mapping(e)
+        })
+        .collect();
+    case.insert("expect".into(), Value::Sequence(expect));
+    case.insert(
+        "expectSelect".into(),
+        Value::Sequence(selected.iter().map(|id| id.clone().into()).collect()),
+    );
+    serde_yaml::to_string(&vec![Value::Mapping(case)]).map_err(|e| e.to_string())
 }
 
 /// What running a case showed: empty when it passed.
