@@ -305,21 +305,6 @@ fn configmap_carries_the_policy_bytes_and_their_pin() {
 }
 
 #[test]
-fn configmap_refuses_settings_the_policy_rejects() {
-    let o = scour(&[
-        "policy",
-        "configmap",
-        "--name",
-        "p",
-        "--settings",
-        &data("settings/typo.json"),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("severites"), "{}", stderr(&o));
-    assert!(stdout(&o).is_empty(), "nothing to apply:\n{}", stdout(&o));
-}
-
-#[test]
 fn config_check_names_the_field_at_fault() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("controller_manager_config.yaml");
@@ -343,6 +328,53 @@ fn config_check_names_the_field_at_fault() {
         assert_eq!(o.status.code(), Some(2), "{extra}");
         assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn config_check_runs_the_settings_past_the_policy_and_its_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("controller_manager_config.yaml");
+    let check = |text: &str, policy: Option<&str>| {
+        std::fs::write(
+            &file,
+            format!("apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n{text}"),
+        )
+        .unwrap();
+        let mut args = vec!["config", "check", file.to_str().unwrap()];
+        args.extend(policy.iter().flat_map(|p| ["--policy", *p]));
+        scour(&args)
+    };
+
+    // Eraser's scanner settings go to the built-in default policy, which rejects a bad severity.
+    let o = check(
+        "components:\n  scanner:\n    config: |\n      vulnerabilities:\n        severities: [HIGH, SEVERE]\n",
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("SEVERE"), "{}", stderr(&o));
+
+    // A custom policy: its digest must match the pin, and it must accept the settings.
+    let path = hostile("remove_all");
+    let digest = format!(
+        "sha256:{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&path).unwrap())
+    );
+    let pinned = |pin: &str| format!("scour:\n  policy:\n    configMap: p\n    sha256: \"{pin}\"\n");
+    let o = check(&pinned(&digest), Some(&path));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accepts these settings"), "{}", stdout(&o));
+    let o = check(&pinned(&format!("sha256:{}", "0".repeat(64))), Some(&path));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&digest),
+        "the error shows the actual digest: {}",
+        stderr(&o)
+    );
+
+    // Without the bytes, only the file is checked, and the output says so.
+    let o = check(&pinned(&digest), None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pass --policy"), "{}", stderr(&o));
 }
 
 #[test]

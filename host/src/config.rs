@@ -647,6 +647,17 @@ impl Loaded {
         serde_json::Value::Object(m).to_string()
     }
 
+    /// The settings the config gives a policy: `scour.policy.settings` when
+    /// set; otherwise, for the built-in default policy, the settings derived
+    /// from Eraser's scanner config, and for a custom policy its own defaults.
+    pub fn policy_settings(&self, built_in: bool) -> String {
+        match (&self.config.scour.policy.settings, built_in) {
+            (Some(s), _) => s.clone(),
+            (None, true) => self.default_policy_settings(),
+            (None, false) => String::new(),
+        }
+    }
+
     pub fn scan_total_timeout(&self) -> Option<Duration> {
         self.scanner
             .timeout

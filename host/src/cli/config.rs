@@ -7,19 +7,27 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::EXIT_USAGE;
+use super::policy::PolicyArgs;
 use crate::config::{Loaded, parse_concurrency};
+use crate::policy::{DigestPin, PolicySource};
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Check an EraserConfig file (Eraser's fields and scour's `scour` section) and show what scour takes from it.
+    ///
+    /// The policy settings are checked by the policy itself: the built-in
+    /// default policy, or the component given with --policy, whose digest
+    /// must then match scour.policy.sha256.
     Check {
         /// The file, e.g. eraser-manager-config's controller_manager_config.yaml.
         file: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
 }
 
 pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
-    let ConfigCommand::Check { file } = cmd;
+    let ConfigCommand::Check { file, policy } = cmd;
     let loaded = match Loaded::from_file(&file) {
         Ok(l) => l,
         Err(e) => {
@@ -28,6 +36,35 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
         }
     };
     let c = &loaded.config;
+    let custom = c.scour.policy.config_map.is_some() || c.scour.policy.path.is_some();
+    let source = policy.source();
+    if custom && matches!(source, PolicySource::Embedded) {
+        // Without the bytes the settings cannot be checked; say so rather than pass.
+        eprintln!(
+            "note: the config names a custom policy; pass --policy FILE.wasm to check its digest and settings too"
+        );
+    } else {
+        let settings = loaded.policy_settings(matches!(source, PolicySource::Embedded));
+        let checked = policy.load(policy.limits(), &settings).and_then(|p| {
+            if let Some(pin) = &c.scour.policy.sha256 {
+                DigestPin::parse(pin).map_err(anyhow::Error::msg)?.check(p.digest())?;
+            }
+            Ok(p)
+        });
+        match checked {
+            Ok(p) => println!(
+                "ok: {} accepts these settings ({} {}, {})",
+                p.origin(),
+                p.info().name,
+                p.info().version,
+                p.digest()
+            ),
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", file.display());
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        }
+    }
     println!("ok: {}", file.display());
     let show = |key: &str, value: String| println!("  {key:<28} {value}");
     show("runtime", loaded.runtime_address().unwrap_or("(not set)").to_owned());
@@ -54,13 +91,14 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
             _ => "the default policy built into scour".to_owned(),
         },
     );
+    let settings = loaded.policy_settings(!custom);
     show(
         "policy settings",
-        c.scour
-            .policy
-            .settings
-            .clone()
-            .unwrap_or_else(|| loaded.default_policy_settings()),
+        if settings.is_empty() {
+            "(the policy's defaults)".to_owned()
+        } else {
+            settings
+        },
     );
     if let Some(Ok(n)) = c.scour.rollout.max_concurrency.as_deref().map(parse_concurrency) {
         show("nodes at once", n.to_string());

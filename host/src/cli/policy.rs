@@ -84,12 +84,11 @@ pub enum PolicyCommand {
         #[command(flatten)]
         policy: PolicyArgs,
     },
-    /// Print a ConfigMap manifest holding a policy (binaryData), its digest and settings, for `kubectl apply -f -`.
+    /// Print a ConfigMap manifest holding a policy (binaryData) and its digest, for `kubectl apply -f -`.
+    /// Its settings belong in eraser-manager-config (scour.policy.settings).
     Configmap {
         #[command(flatten)]
         policy: PolicyArgs,
-        #[command(flatten)]
-        settings: SettingsArg,
         /// The ConfigMap's name.
         #[arg(long, value_name = "NAME")]
         name: String,
@@ -205,10 +204,9 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::New { lang, name, dir } => new(lang, &name, dir),
         PolicyCommand::Configmap {
             policy,
-            settings,
             name,
             namespace,
-        } => configmap(&policy, &settings, &name, &namespace),
+        } => configmap(&policy, &name, &namespace),
         PolicyCommand::Build {
             dir,
             out,
@@ -219,30 +217,23 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     }
 }
 
-/// The key of the component in a policy ConfigMap, and of its pin and settings.
+/// The key of the component in a policy ConfigMap, and of its digest.
 pub const POLICY_KEY: &str = "policy.wasm";
 pub const PIN_KEY: &str = "policy.sha256";
-pub const SETTINGS_KEY: &str = "settings.json";
 /// Kubernetes refuses a ConfigMap whose data adds up to more than 1 MiB.
 const CONFIGMAP_LIMIT: usize = 1024 * 1024;
 
-fn configmap(args: &PolicyArgs, settings: &SettingsArg, name: &str, namespace: &str) -> Result<ExitCode> {
+fn configmap(args: &PolicyArgs, name: &str, namespace: &str) -> Result<ExitCode> {
     use base64::Engine as _;
-    use std::collections::BTreeMap;
-    let text = settings.read()?;
-    // Only a policy that loads and accepts its settings is worth shipping.
-    let p = args.load(args.limits(), &text)?;
+    // Only a policy that loads is worth shipping.
+    let p = args.load(args.limits(), "")?;
     let bytes = args.source().read()?;
-    if bytes.len() + text.len() + 128 > CONFIGMAP_LIMIT {
+    if bytes.len() + 128 > CONFIGMAP_LIMIT {
         anyhow::bail!(
             "the policy is {} and a ConfigMap holds at most 1 MiB; bake it into the worker image instead and set \
              scour.policy.path and scour.policy.sha256 (see docs/writing-policies.md)",
             crate::units::format_bytes(bytes.len() as u64)
         );
-    }
-    let mut data = BTreeMap::from([(PIN_KEY.to_owned(), p.digest().to_owned())]);
-    if settings.settings.is_some() {
-        data.insert(SETTINGS_KEY.to_owned(), text);
     }
     let manifest = serde_json::json!({
         "apiVersion": "v1",
@@ -257,7 +248,7 @@ fn configmap(args: &PolicyArgs, settings: &SettingsArg, name: &str, namespace: &
             },
         },
         "binaryData": {POLICY_KEY: base64::engine::general_purpose::STANDARD.encode(&*bytes)},
-        "data": data,
+        "data": {PIN_KEY: p.digest()},
     });
     println!(
         "# scour policy {} {}; pin it in eraser-manager-config:\n#   scour:\n#     policy:\n#       configMap: {name}\n#       sha256: \"{}\"",

@@ -241,19 +241,10 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
 
     let source = args.policy.source();
     let scour_policy = eraser.as_ref().map(|c| &c.config.scour.policy);
-    let settings = match (&args.settings.settings, &eraser, &source) {
-        (Some(_), _, _) => args.settings.read()?,
-        (None, Some(_), _) if scour_policy.and_then(|p| p.settings.as_ref()).is_some() => {
-            scour_policy.and_then(|p| p.settings.clone()).unwrap_or_default()
-        }
-        (None, Some(cfg), PolicySource::Embedded) => cfg.default_policy_settings(),
-        (None, Some(_), PolicySource::File(_)) => {
-            tracing::warn!(
-                "--config's scanner settings apply to the default policy only; give --settings for a custom policy"
-            );
-            String::new()
-        }
-        (None, None, _) => String::new(),
+    let settings = match (&args.settings.settings, &eraser) {
+        (Some(_), _) => args.settings.read()?,
+        (None, Some(cfg)) => cfg.policy_settings(matches!(source, PolicySource::Embedded)),
+        (None, None) => String::new(),
     };
     let policy = args.policy.load(args.policy.limits(), &settings)?;
     let pin = match (&args.policy_sha256, scour_policy.and_then(|p| p.sha256.as_deref())) {
