@@ -52,3 +52,4 @@ ci: fmt-check lint test
 bench: setup
     cargo bench -p scour --bench policy
     cargo bench -p scour --bench worker
+    cargo bench -p scour --bench policy_examples

@@ -137,6 +137,36 @@ fn golden_cases_gate_a_swap() {
         .expect("the default policy passes");
 }
 
+#[test]
+fn a_case_without_settings_tests_the_defaults_not_the_candidates_settings() {
+    use scour::policy::golden::Case;
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("medium.yaml");
+    // With default settings a MEDIUM finding removes the image.
+    std::fs::write(
+        &case,
+        "name: a MEDIUM finding removes an image
+context: {now: 1}
+\
+         images: [{id: a, scan: {status: scanned, vulns: [{id: CVE-1, pkg: p, installed: '1', severity: MEDIUM}]}}]\n\
+         expect: [{image: a, action: remove}]\n",
+    )
+    .unwrap();
+    let cases = Case::load_all(&[case]).unwrap();
+    let engine = PolicyEngine::new(Limits::production(), None).unwrap();
+    let handle = handle_with_default(&engine);
+    // The candidate's own settings would keep the image; the case still passes.
+    let swapped = handle
+        .reload(
+            embedded_default_policy(),
+            "default",
+            r#"{"severities":["CRITICAL"]}"#,
+            &cases,
+        )
+        .expect("the case runs with the policy's defaults");
+    assert_eq!(swapped.settings(), r#"{"severities":["CRITICAL"]}"#);
+}
+
 /// Lays out a policy like a Kubernetes ConfigMap volume: the visible files
 /// are symlinks through `..data`, which is swapped atomically.
 fn configmap_version(dir: &Path, version: &str, policy: &[u8], settings: &str) {

@@ -186,6 +186,10 @@ fn a_missing_runtime_socket_fails_the_pass_and_says_which() {
             .contains("runtime socket /nonexistent/containerd.sock does not exist"),
         "{r}"
     );
+    // The policy was compiled before the runtime was tried, and the artifact
+    // went to the node's state dir (a pod's root filesystem is read-only).
+    let cached = std::fs::read_dir(dir.path().join("policy-cache")).map(|d| d.count());
+    assert!(matches!(cached, Ok(n) if n > 0), "{cached:?}");
 }
 
 #[test]

@@ -31,6 +31,15 @@ impl Lang {
         }
     }
 
+    /// The language's name, for people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+        }
+    }
+
     /// The project kind in `dir`, by its entry file.
     pub fn detect(dir: &Path) -> Result<Self, AuthoringError> {
         for (file, lang) in [
@@ -83,7 +92,7 @@ fn justfile(lang: Lang) -> String {
          build:\n    scour policy build .\n\n\
          test: build\n    scour policy test --policy policy.wasm tests\n\n\
          check: build\n    scour policy check --policy policy.wasm\n",
-        lang.as_str()
+        lang.name()
     )
 }
 
@@ -96,11 +105,7 @@ fn readme(name: &str, lang: Lang) -> String {
          scour policy eval --policy policy.wasm --input node.yaml   # on a recorded node\n\
          ```\n\n\
          See scour's docs/writing-policies.md for the whole workflow, from a snapshot to a ConfigMap.\n",
-        match lang {
-            Lang::Rust => "Rust",
-            Lang::Python => "Python",
-            Lang::Js => "JavaScript",
-        }
+        lang.name()
     )
 }
 
@@ -145,14 +150,27 @@ pub fn scaffold(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>, Auth
 #[derive(Debug, Clone)]
 pub struct Toolchain {
     pub cargo: PathBuf,
+    /// Rust builds go here instead of cargo's default (`CARGO_TARGET_DIR` still applies when unset).
+    pub cargo_target_dir: Option<PathBuf>,
     pub componentize_py: PathBuf,
     pub componentize_js: PathBuf,
+}
+
+impl Toolchain {
+    fn cargo(&self) -> Command {
+        let mut cmd = Command::new(&self.cargo);
+        if let Some(dir) = &self.cargo_target_dir {
+            cmd.env("CARGO_TARGET_DIR", dir);
+        }
+        cmd
+    }
 }
 
 impl Default for Toolchain {
     fn default() -> Self {
         Self {
             cargo: std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from),
+            cargo_target_dir: None,
             componentize_py: "componentize-py".into(),
             componentize_js: "componentize-js".into(),
         }
@@ -197,7 +215,7 @@ pub fn build(dir: &Path, out: Option<&Path>, tools: &Toolchain) -> Result<PathBu
     match lang {
         Lang::Rust => {
             let manifest = dir.join("Cargo.toml");
-            let mut cmd = Command::new(&tools.cargo);
+            let mut cmd = tools.cargo();
             cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
                 .arg(&manifest);
             run(cmd, "cargo", " (install Rust, then `rustup target add wasm32-wasip2`)")?;
@@ -239,7 +257,8 @@ pub fn build(dir: &Path, out: Option<&Path>, tools: &Toolchain) -> Result<PathBu
 
 /// The cdylib `cargo build` wrote for `manifest`, per `cargo metadata`.
 fn rust_artifact(manifest: &Path, tools: &Toolchain) -> Result<PathBuf, AuthoringError> {
-    let output = Command::new(&tools.cargo)
+    let output = tools
+        .cargo()
         .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
         .arg(manifest)
         .output()

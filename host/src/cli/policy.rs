@@ -263,7 +263,7 @@ fn configmap(args: &PolicyArgs, name: &str, namespace: &str) -> Result<ExitCode>
 fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let files = scaffold(lang, name, &dir)?;
-    println!("created a {} policy in {}:", lang.as_str(), dir.display());
+    println!("created a {} policy in {}:", lang.name(), dir.display());
     for f in &files {
         println!("  {}", f.strip_prefix(&dir).unwrap_or(f).display());
     }

@@ -122,7 +122,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "SCOUR_TRIVY_CACHE_BACKEND", default_value = "memory", value_parser = ["memory", "fs"], value_name = "BACKEND")]
     trivy_cache_backend: String,
 
-    /// Node-local state: first-seen times and the scan cache.
+    /// Node-local state: first-seen times, the scan cache and compiled
+    /// policies (policy-cache/, unless --policy-cache-dir says otherwise).
     #[arg(long, env = "SCOUR_STATE_DIR", default_value = "/var/lib/scour", value_name = "DIR")]
     state_dir: PathBuf,
     /// Run one pass and exit (the default).
@@ -221,7 +222,7 @@ struct Prepared {
     outputs: Outputs,
 }
 
-fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
+fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
     let eraser = match &args.config {
         Some(path) => {
             let loaded = Loaded::from_file(path)?;
@@ -239,6 +240,11 @@ fn prepare(args: WorkerArgs) -> Result<Prepared, Usage> {
         .context("no runtime endpoint: pass --runtime-endpoint, or set manager.runtime.address in --config")?;
     let containerd_socket = crate::cri::socket_path(&runtime_endpoint)?;
 
+    // Compiled policies live with the node's other state, so a pod with a
+    // read-only root filesystem compiles each digest once per node.
+    if args.policy.policy_cache_dir.is_none() {
+        args.policy.policy_cache_dir = Some(args.state_dir.join("policy-cache"));
+    }
     let source = args.policy.source();
     let scour_policy = eraser.as_ref().map(|c| &c.config.scour.policy);
     let settings = match (&args.settings.settings, &eraser) {

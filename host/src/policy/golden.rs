@@ -236,9 +236,13 @@ impl CaseReport {
 pub fn run_case(policy: &LoadedPolicy, case: &Case) -> CaseReport {
     let mut problems = Vec::new();
     let outcome = (|| {
-        let p = match &case.settings {
-            Some(s) => policy.with_settings(s)?,
-            None => policy.clone(),
+        // A case without settings tests the policy's defaults, whatever
+        // settings the candidate runs with.
+        let settings = case.settings.as_deref().unwrap_or("");
+        let p = if settings == policy.settings() {
+            policy.clone()
+        } else {
+            policy.with_settings(settings)?
         };
         let selected = match &case.expect_select {
             Some(_) => Some(p.select(&case.snapshot.context, &case.snapshot.images)?),
