@@ -9,6 +9,7 @@ pub mod bounded;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod controller;
 pub mod cri;
 pub mod exclusions;
 pub mod fsutil;

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use scour_policy_sdk::{ImageFs, Mode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cri::RuntimeInfo;
 use crate::output::{Table, short_id};
@@ -16,7 +17,7 @@ use crate::units::format_bytes;
 /// Kubernetes truncates termination messages at 4096 bytes.
 pub const TERMINATION_LIMIT: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// The pass completed and every step succeeded.
@@ -90,7 +91,7 @@ pub struct PolicyRef {
     pub origin: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub images: usize,
@@ -250,58 +251,33 @@ impl PassReport {
     /// The controller's view, at most [`TERMINATION_LIMIT`] bytes of JSON:
     /// counts always, then as many removed and failed images and errors as fit.
     pub fn termination_summary(&self) -> String {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Entry<'a> {
-            id: &'a str,
-            image: &'a str,
-            reason: &'a str,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Compact<'a> {
-            status: Status,
-            node: &'a str,
-            mode: Mode,
-            dry_run: bool,
-            policy: &'a str,
-            summary: &'a Summary,
-            removed: Vec<Entry<'a>>,
-            failed: Vec<Entry<'a>>,
-            errors: Vec<&'a str>,
-            #[serde(skip_serializing_if = "is_zero")]
-            omitted: usize,
-        }
-        fn is_zero(n: &usize) -> bool {
-            *n == 0
-        }
-        fn entry(r: &ImageResult) -> Entry<'_> {
-            Entry {
-                id: short_id(&r.id),
-                image: r.tags.first().map(String::as_str).unwrap_or(""),
-                reason: truncate(&r.reason, 120),
+        fn entry(r: &ImageResult) -> ImageEntry {
+            ImageEntry {
+                id: short_id(&r.id).to_owned(),
+                image: r.tags.first().cloned().unwrap_or_default(),
+                reason: truncate(&r.reason, 120).to_owned(),
             }
         }
-        let removed: Vec<Entry> = self
+        let removed: Vec<ImageEntry> = self
             .images
             .iter()
             .filter(|r| matches!(r.action, ImageAction::Removed | ImageAction::WouldRemove))
             .map(entry)
             .collect();
-        let failed: Vec<Entry> = self
+        let failed: Vec<ImageEntry> = self
             .images
             .iter()
             .filter(|r| r.action == ImageAction::Failed)
             .map(entry)
             .collect();
-        let errors: Vec<&str> = self.errors.iter().map(|e| truncate(e, 300)).collect();
-        let mut c = Compact {
+        let errors: Vec<String> = self.errors.iter().map(|e| truncate(e, 300).to_owned()).collect();
+        let mut c = TerminationSummary {
             status: self.status,
-            node: &self.node,
+            node: self.node.clone(),
             mode: self.mode,
             dry_run: self.dry_run,
-            policy: &self.policy.digest,
-            summary: &self.summary,
+            policy: self.policy.digest.clone(),
+            summary: self.summary.clone(),
             removed: Vec::new(),
             failed: Vec::new(),
             errors: Vec::new(),
@@ -309,7 +285,7 @@ impl PassReport {
         };
         // Fill within budget, errors first (they explain a failed pass), then
         // failures, then removals; each entry costs its JSON plus a comma.
-        let mut size = serde_json::to_string(&c).map(|t| t.len()).unwrap_or(0) + 16;
+        let mut size = json_len(&c) + 16;
         for e in errors {
             let n = json_len(&e) + 1;
             if size + n > TERMINATION_LIMIT {
@@ -337,6 +313,48 @@ impl PassReport {
             text[..TERMINATION_LIMIT].to_owned()
         }
     }
+}
+
+/// One image in the termination summary and in the controller's per-node
+/// results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageEntry {
+    /// Short image id.
+    pub id: String,
+    /// The image's first tag, if any.
+    pub image: String,
+    pub reason: String,
+}
+
+/// What a worker pod tells the controller through its termination message
+/// (at most [`TERMINATION_LIMIT`] bytes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminationSummary {
+    pub status: Status,
+    pub node: String,
+    pub mode: Mode,
+    pub dry_run: bool,
+    /// The policy's sha256.
+    pub policy: String,
+    pub summary: Summary,
+    pub removed: Vec<ImageEntry>,
+    pub failed: Vec<ImageEntry>,
+    pub errors: Vec<String>,
+    /// Entries left out to fit the size limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+impl TerminationSummary {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("not a scour termination summary: {e}"))
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The length of a value's JSON, for budgeting.
@@ -401,12 +419,12 @@ mod tests {
             r.degrade("x".repeat(1000));
             let s = r.termination_summary();
             assert!(s.len() <= TERMINATION_LIMIT, "{n}: {} bytes", s.len());
-            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-            assert_eq!(v["summary"]["removed"], r.summary.removed);
-            assert_eq!(v["status"], "degraded");
+            let v = TerminationSummary::parse(&s).unwrap();
+            assert_eq!(v.summary, r.summary);
+            assert_eq!(v.status, Status::Degraded);
             if n == 5000 {
-                assert!(v["omitted"].as_u64().unwrap() > 0);
-                assert!(!v["errors"].as_array().unwrap().is_empty(), "errors are kept longest");
+                assert!(v.omitted > 0);
+                assert!(!v.errors.is_empty(), "errors are kept longest");
             }
         }
     }

@@ -51,6 +51,8 @@ enum Command {
     /// Check scour's configuration (Eraser's EraserConfig, plus scour's section).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Print the CustomResourceDefinitions (ImageList, ImageJob) as YAML.
+    Crd,
 }
 
 /// Output for people or for programs.
@@ -67,6 +69,10 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Worker(args) => worker::run(*args),
         Command::Config(cmd) => config::run(cmd),
+        Command::Crd => {
+            print!("{}", crate::controller::crd::crds_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

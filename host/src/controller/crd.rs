@@ -1,0 +1,244 @@
+//! The custom resources, in Eraser's API group so that Eraser's manifests
+//! apply unchanged: `ImageList` (what to remove by hand) and `ImageJob` (one
+//! run over the nodes, with what each node removed).
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::report::{ImageEntry, Status as PassStatus, Summary};
+
+/// Eraser still serves v1alpha1 with the same schema; so do we, deprecated.
+const DEPRECATED_VERSION: &str = "v1alpha1";
+const DEPRECATION_WARNING: &str = "eraser.sh/v1alpha1 is deprecated; use eraser.sh/v1";
+
+/// `kubectl apply` an ImageList named `imagelist` to remove images from every
+/// selected node. `"*"` removes every unused, unexcluded image.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "eraser.sh",
+    version = "v1",
+    kind = "ImageList",
+    plural = "imagelists",
+    singular = "imagelist",
+    status = "ImageListStatus",
+    printcolumn = r#"{"name":"Success","type":"integer","jsonPath":".status.success"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn = r#"{"name":"Skipped","type":"integer","jsonPath":".status.skipped"}"#,
+    printcolumn = r#"{"name":"Run","type":"string","jsonPath":".status.job"}"#,
+    printcolumn = r#"{"name":"Last run","type":"date","jsonPath":".status.timestamp"}"#
+)]
+pub struct ImageListSpec {
+    /// Images to remove: ids, tags, digests, `repo@digest`, `prefix/*`, `repo:*`, or `*` for every unused image.
+    pub images: Vec<String>,
+}
+
+/// The outcome of the last run for this list. Per-node detail is in the
+/// ImageJob named by `job`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageListStatus {
+    /// When the last run for this list completed.
+    pub timestamp: Option<Time>,
+    /// Nodes whose worker succeeded.
+    pub success: i64,
+    /// Nodes whose worker failed, timed out in Pending, or never started.
+    pub failed: i64,
+    /// Nodes left out by the node filter, Windows and virtual nodes.
+    pub skipped: i64,
+    /// The ImageJob that ran this list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Completed or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// Images removed across all nodes.
+    #[serde(default)]
+    pub removed: i64,
+    /// Bytes freed across all nodes, as the runtime reports image sizes.
+    #[serde(default)]
+    pub bytes_freed: i64,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One run of workers over the selected nodes. Kept after the run as the
+/// record of what each node removed.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "eraser.sh",
+    version = "v1",
+    kind = "ImageJob",
+    plural = "imagejobs",
+    singular = "imagejob",
+    status = "ImageJobStatus",
+    printcolumn = r#"{"name":"Trigger","type":"string","jsonPath":".spec.trigger"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desired"}"#,
+    printcolumn = r#"{"name":"Succeeded","type":"integer","jsonPath":".status.succeeded"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn = r#"{"name":"Skipped","type":"integer","jsonPath":".status.skipped"}"#,
+    printcolumn = r#"{"name":"Removed","type":"integer","jsonPath":".status.removed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageJobSpec {
+    /// What started the run.
+    pub trigger: Trigger,
+    /// The ImageList's images, for a manual run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// The sha256 the workers were told to pin, when the policy is not the built-in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_sha256: Option<String>,
+    /// The worker image.
+    pub worker_image: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The interval elapsed (`manager.scheduling`).
+    Automatic,
+    /// The ImageList `imagelist` was created or changed.
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Automatic => "automatic",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum JobPhase {
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageJobStatus {
+    /// Running, then Completed or Failed.
+    pub phase: Option<JobPhase>,
+    /// Every node listed, skipped ones included (as Eraser counts).
+    pub desired: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    /// `(succeeded + skipped) / desired`, in floating point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// When the finished worker pods are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_after: Option<Time>,
+    /// Images removed on all nodes.
+    #[serde(default)]
+    pub removed: i64,
+    #[serde(default)]
+    pub bytes_freed: i64,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// One entry per selected or skipped node.
+    #[serde(default)]
+    pub nodes: Vec<NodeResult>,
+}
+
+/// What happened on one node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeResult {
+    pub name: String,
+    pub phase: NodePhase,
+    /// The worker pod, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Time>,
+    /// Why the node was skipped or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The worker's own verdict on its pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PassStatus>,
+    /// The worker's counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    /// Removed images with the policy's reasons (would-remove on a dry run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ImageEntry>,
+    /// Images whose removal failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<ImageEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Entries left out to keep the object small; counts stay exact.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum NodePhase {
+    /// Waiting for a rollout slot.
+    Queued,
+    /// The worker pod exists and has not finished.
+    Running,
+    Succeeded,
+    Failed,
+    /// Left out: node filter, Windows, virtual kubelet.
+    Skipped,
+}
+
+impl NodePhase {
+    pub fn is_done(self) -> bool {
+        matches!(self, NodePhase::Succeeded | NodePhase::Failed | NodePhase::Skipped)
+    }
+}
+
+/// The CRDs, served at v1 (storage) and at Eraser's deprecated v1alpha1.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    [ImageList::crd(), ImageJob::crd()]
+        .into_iter()
+        .map(with_deprecated_version)
+        .collect()
+}
+
+fn with_deprecated_version(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut old = crd.spec.versions[0].clone();
+    old.name = DEPRECATED_VERSION.into();
+    old.storage = false;
+    old.deprecated = Some(true);
+    old.deprecation_warning = Some(DEPRECATION_WARNING.into());
+    crd.spec.versions.push(old);
+    crd
+}
+
+/// The CRDs as a multi-document YAML stream, as `scour crd` prints them and
+/// the chart ships them.
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("CRDs serialize"));
+    }
+    out
+}
