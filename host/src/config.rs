@@ -424,6 +424,10 @@ pub struct Timeouts {
     pub per_image: Option<String>,
 }
 
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(168 * 3600);
+const MIN_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+const MAX_INTERVAL: Duration = Duration::from_secs(2160 * 3600);
+
 /// How many nodes to work on at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Concurrency {
@@ -573,6 +577,13 @@ impl Loaded {
                 "manager.runtime.name: {name:?} is not a runtime; use containerd, crio or dockershim"
             ));
         }
+        if let Some(kind) = &self.config.manager.node_filter.kind
+            && !matches!(kind.as_str(), "exclude" | "include")
+        {
+            return Err(format!(
+                "manager.nodeFilter.type: {kind:?} is not a filter type; use exclude or include"
+            ));
+        }
         if let Some(r) = self.config.manager.image_job.success_ratio
             && !(0.0..=1.0).contains(&r)
         {
@@ -614,7 +625,78 @@ impl Loaded {
             }
         }
         scour_policy_sdk::PatternSet::parse(&scour.sandbox_images).map_err(|e| format!("scour.sandboxImages: {e}"))?;
+        self.interval()?;
         Ok(())
+    }
+
+    /// The automatic-run interval: `scour.schedule.interval`, else
+    /// `manager.scheduling.repeatInterval`, else 168h (AKS's default), within
+    /// AKS's bounds of 24h to 2160h.
+    pub fn interval(&self) -> Result<Duration, String> {
+        let (path, text) = match (
+            &self.config.scour.schedule.interval,
+            &self.config.manager.scheduling.repeat_interval,
+        ) {
+            (Some(v), _) => ("scour.schedule.interval", v.as_str()),
+            (None, Some(v)) => ("manager.scheduling.repeatInterval", v.as_str()),
+            (None, None) => return Ok(DEFAULT_INTERVAL),
+        };
+        let d = parse_go_duration(text).map_err(|e| format!("{path}: {e}"))?;
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+            return Err(format!(
+                "{path}: {text} is outside the accepted range of 24h to 2160h (90 days)"
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Whether automatic runs are scheduled (`components.collector.enabled`,
+    /// default true). Manual ImageList runs happen either way.
+    pub fn automatic_enabled(&self) -> bool {
+        self.config.components.collector.enabled.unwrap_or(true)
+    }
+
+    /// `manager.scheduling.beginImmediately`, default true.
+    pub fn begin_immediately(&self) -> bool {
+        self.config.manager.scheduling.begin_immediately.unwrap_or(true)
+    }
+
+    /// `manager.imageJob.successRatio`, default 1.0.
+    pub fn success_ratio(&self) -> f64 {
+        self.config.manager.image_job.success_ratio.unwrap_or(1.0)
+    }
+
+    /// `manager.imageJob.cleanup.delayOnSuccess` (default 0s) and
+    /// `delayOnFailure` (default 10m): how long finished worker pods stay.
+    pub fn cleanup_delays(&self) -> (Duration, Duration) {
+        let c = &self.config.manager.image_job.cleanup;
+        let get = |v: &Option<String>, d| v.as_deref().and_then(|t| parse_go_duration(t).ok()).unwrap_or(d);
+        (
+            get(&c.delay_on_success, Duration::ZERO),
+            get(&c.delay_on_failure, Duration::from_secs(600)),
+        )
+    }
+
+    /// `scour.rollout.maxConcurrency`, default 10% of the selected nodes.
+    pub fn max_concurrency(&self) -> Concurrency {
+        self.config
+            .scour
+            .rollout
+            .max_concurrency
+            .as_deref()
+            .and_then(|c| parse_concurrency(c).ok())
+            .unwrap_or(Concurrency::Percent(10.0))
+    }
+
+    /// `scour.rollout.pendingTimeout`, default 10m.
+    pub fn pending_timeout(&self) -> Duration {
+        self.config
+            .scour
+            .rollout
+            .pending_timeout
+            .as_deref()
+            .and_then(|t| parse_go_duration(t).ok())
+            .unwrap_or(Duration::from_secs(600))
     }
 
     /// `manager.runtime.address`.
@@ -816,10 +898,36 @@ components:
                 "beginImmediately: sometimes",
                 "manager.scheduling.beginImmediately: invalid type",
             ),
+            (
+                "repeatInterval: 24h",
+                "repeatInterval: 1h",
+                "manager.scheduling.repeatInterval: 1h is outside the accepted range of 24h to 2160h",
+            ),
+            (
+                "repeatInterval: 24h",
+                "repeatInterval: 2161h",
+                "manager.scheduling.repeatInterval: 2161h is outside",
+            ),
+            ("type: exclude", "type: everything", "manager.nodeFilter.type"),
         ] {
             let err = Loaded::parse(&ERASER_DEFAULT.replace(from, to)).unwrap_err();
             assert!(err.contains(needle), "{from} -> {to}: {err}");
         }
+    }
+
+    #[test]
+    fn the_interval_defaults_to_a_week_and_accepts_the_bounds() {
+        let base = "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n";
+        assert_eq!(
+            Loaded::parse(base).unwrap().interval(),
+            Ok(Duration::from_secs(168 * 3600))
+        );
+        for (text, hours) in [("24h", 24), ("2160h", 2160), ("36h30m", 36)] {
+            let l = Loaded::parse(&format!("{base}manager:\n  scheduling:\n    repeatInterval: {text}\n")).unwrap();
+            assert_eq!(l.interval().unwrap().as_secs() / 3600, hours, "{text}");
+        }
+        let err = Loaded::parse(&format!("{base}scour:\n  schedule:\n    interval: 23h\n")).unwrap_err();
+        assert!(err.contains("scour.schedule.interval: 23h is outside"), "{err}");
     }
 
     #[test]

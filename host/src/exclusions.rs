@@ -58,13 +58,8 @@ impl ExclusionList {
 
     fn add_file(&mut self, path: &Path) -> Result<(), ExclusionError> {
         let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string()))?;
-        let file: ExclusionFile =
-            serde_json::from_str(&text).map_err(|e| invalid(path, format!("expected {{\"excluded\": [...]}}: {e}")))?;
-        if let Err(e) = PatternSet::parse(&file.excluded) {
-            return Err(invalid(path, e.to_string()));
-        }
-        self.entries
-            .extend(file.excluded.into_iter().map(|e| e.trim().to_owned()));
+        let entries = parse_list(&text).map_err(|e| invalid(path, e))?;
+        self.entries.extend(entries);
         self.sources.push(path.to_owned());
         Ok(())
     }
@@ -81,6 +76,15 @@ impl ExclusionList {
     pub fn patterns(&self) -> PatternSet {
         PatternSet::parse(&self.entries).unwrap_or_default()
     }
+}
+
+/// Parses one `{"excluded": [...]}` document and checks every pattern; the
+/// worker reads files with it and the controller checks ConfigMaps with it.
+pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
+    let file: ExclusionFile =
+        serde_json::from_str(text).map_err(|e| format!("expected {{\"excluded\": [...]}}: {e}"))?;
+    PatternSet::parse(&file.excluded).map_err(|e| e.to_string())?;
+    Ok(file.excluded.into_iter().map(|e| e.trim().to_owned()).collect())
 }
 
 /// `*.json` files below `dir`, skipping the `..data`-style entries of a

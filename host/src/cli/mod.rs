@@ -2,6 +2,7 @@
 //! environment variable.
 
 mod config;
+mod controller;
 mod policy;
 mod worker;
 
@@ -51,6 +52,7 @@ enum Command {
     /// Check scour's configuration (Eraser's EraserConfig, plus scour's section).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    Controller(Box<controller::ControllerArgs>),
     /// Print the CustomResourceDefinitions (ImageList, ImageJob) as YAML.
     Crd,
 }
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Worker(args) => worker::run(*args),
         Command::Config(cmd) => config::run(cmd),
+        Command::Controller(args) => controller::run(*args),
         Command::Crd => {
             print!("{}", crate::controller::crd::crds_yaml());
             Ok(ExitCode::SUCCESS)

@@ -402,7 +402,7 @@ pub fn run(args: WorkerArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let status = runtime.block_on(async move {
         let cancel = CancellationToken::new();
-        spawn_signal_handler(cancel.clone());
+        spawn_signal_handler(cancel.clone(), "finishing the current removal, then exiting");
         let _watch = prepared.watch.map(|(target, interval)| {
             tracing::info!(policy = %target.policy.display(), every = %humantime::format_duration(interval), "watching the policy for changes");
             PolicyWatcher::new(prepared.handle.clone(), target).spawn(interval)
@@ -414,8 +414,8 @@ pub fn run(args: WorkerArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(status.exit_code()))
 }
 
-/// SIGTERM or SIGINT: finish the removal in flight, report, exit.
-fn spawn_signal_handler(cancel: CancellationToken) {
+/// Cancels `cancel` on SIGTERM or SIGINT, logging what happens next.
+pub(super) fn spawn_signal_handler(cancel: CancellationToken, then: &'static str) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -423,8 +423,8 @@ fn spawn_signal_handler(cancel: CancellationToken) {
             return;
         };
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing the current removal, then exiting"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing the current removal, then exiting"),
+            _ = term.recv() => tracing::info!("SIGTERM: {then}"),
+            _ = int.recv() => tracing::info!("SIGINT: {then}"),
         }
         cancel.cancel();
     });

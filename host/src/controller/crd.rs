@@ -97,6 +97,25 @@ pub struct ImageJobSpec {
     pub policy_sha256: Option<String>,
     /// The worker image.
     pub worker_image: String,
+    /// The rollout rules, fixed when the run starts.
+    pub rollout: RolloutSpec,
+}
+
+/// Taken from the config when a run starts, so a config edit mid-run
+/// applies to the next run rather than half of this one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Worker pods at once.
+    pub max_concurrency: i64,
+    /// Seconds a pod may stay Pending before its node counts as failed.
+    pub pending_timeout_seconds: i64,
+    /// `(succeeded + skipped) / desired` needed for Completed.
+    pub success_ratio: f64,
+    /// Seconds finished pods stay after a Completed run.
+    pub delay_on_success_seconds: i64,
+    /// Seconds finished pods stay after a Failed run.
+    pub delay_on_failure_seconds: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -144,6 +163,9 @@ pub struct ImageJobStatus {
     /// When the finished worker pods are deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_after: Option<Time>,
+    /// The worker pods are gone; the job stays as the record.
+    #[serde(default)]
+    pub pods_deleted: bool,
     /// Images removed on all nodes.
     #[serde(default)]
     pub removed: i64,

@@ -1,0 +1,104 @@
+//! What must survive a controller restart, in a ConfigMap: when the next
+//! automatic run is due, and which ImageList version already ran. Without
+//! it a restart would start a run on every node (Eraser #1169).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+
+use super::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// When the next automatic run is due; none while automatic mode is off.
+    pub next_run: Option<Timestamp>,
+    /// The interval `next_run` was computed with, so a changed interval
+    /// moves it.
+    pub interval: Option<Duration>,
+    /// `uid/generation` of the ImageList spec the last manual run was
+    /// started for.
+    pub imagelist: Option<String>,
+}
+
+pub struct Store {
+    api: Api<ConfigMap>,
+    name: String,
+    loaded: Option<(State, ConfigMap)>,
+}
+
+impl Store {
+    pub fn new(api: Api<ConfigMap>, name: &str) -> Self {
+        Self {
+            api,
+            name: name.to_owned(),
+            loaded: None,
+        }
+    }
+
+    pub async fn load(&mut self) -> Result<State> {
+        let cm = self.api.get_opt(&self.name).await?.unwrap_or_else(|| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let data = cm.data.clone().unwrap_or_default();
+        let bad = |key: &str, e: String| Error::State {
+            name: self.name.clone(),
+            message: format!("{key}: {e}"),
+        };
+        let state = State {
+            next_run: data
+                .get("nextRun")
+                .map(|t| t.parse::<Timestamp>().map_err(|e| bad("nextRun", e.to_string())))
+                .transpose()?,
+            interval: data
+                .get("intervalSeconds")
+                .map(|t| {
+                    t.parse::<u64>()
+                        .map(Duration::from_secs)
+                        .map_err(|e| bad("intervalSeconds", e.to_string()))
+                })
+                .transpose()?,
+            imagelist: data.get("imagelist").cloned(),
+        };
+        self.loaded = Some((state.clone(), cm));
+        Ok(state)
+    }
+
+    /// Writes the state if it changed since `load`. A conflict means another
+    /// writer got there first; the caller stops this tick and reloads.
+    pub async fn save(&mut self, state: &State) -> Result<()> {
+        let Some((old, cm)) = &self.loaded else {
+            return Ok(());
+        };
+        if old == state {
+            return Ok(());
+        }
+        let mut data = BTreeMap::new();
+        if let Some(t) = state.next_run {
+            data.insert("nextRun".to_owned(), t.to_string());
+        }
+        if let Some(i) = state.interval {
+            data.insert("intervalSeconds".to_owned(), i.as_secs().to_string());
+        }
+        if let Some(l) = &state.imagelist {
+            data.insert("imagelist".to_owned(), l.clone());
+        }
+        let mut cm = cm.clone();
+        cm.data = Some(data);
+        let saved = if cm.metadata.resource_version.is_some() {
+            self.api.replace(&self.name, &PostParams::default(), &cm).await?
+        } else {
+            self.api.create(&PostParams::default(), &cm).await?
+        };
+        self.loaded = Some((state.clone(), saved));
+        Ok(())
+    }
+}
