@@ -63,3 +63,4 @@ bench: setup
     cargo bench -p scour --bench policy
     cargo bench -p scour --bench worker
     cargo bench -p scour --bench policy_examples
+    cargo bench -p scour --bench controller

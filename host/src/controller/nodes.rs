@@ -13,7 +13,7 @@ use crate::config::Loaded;
 
 /// Always part of the node filter, as in Eraser.
 pub const CLEANUP_FILTER_LABEL: &str = "eraser.sh/cleanup.filter";
-const PAGE: u32 = 500;
+const PAGE: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -23,9 +23,11 @@ pub struct Candidate {
     pub skip: Option<String>,
 }
 
-/// Every node, each either selected or skipped with a reason.
+/// Every node, each either selected or skipped with a reason. Nodes are
+/// read a page at a time and reduced to name and labels at once: a Node
+/// object carries the node's whole image list, and a controller over a
+/// thousand nodes must stay small.
 pub async fn select(api: &Api<Node>, loaded: &Loaded, config_map: &str) -> Result<Vec<Candidate>> {
-    let nodes = list_all(api, None).await?;
     let filter = &loaded.config.manager.node_filter;
     let include = filter.kind.as_deref() == Some("include");
     let mut selectors: Vec<String> = filter.selectors.clone();
@@ -34,35 +36,52 @@ pub async fn select(api: &Api<Node>, loaded: &Loaded, config_map: &str) -> Resul
     }
     let mut matched: BTreeMap<String, String> = BTreeMap::new();
     for (i, selector) in selectors.iter().enumerate() {
-        let names = list_all(api, Some(selector)).await.map_err(|e| match e {
-            Error::Kube(ref k) if api_code(k) == Some(400) => Error::Config {
-                config_map: config_map.to_owned(),
-                message: format!("manager.nodeFilter.selectors[{i}]: {selector:?} is not a valid label selector ({k})"),
-            },
-            other => other,
-        })?;
-        for n in names {
-            if let Some(name) = n.metadata.name {
-                matched.entry(name).or_insert_with(|| selector.clone());
+        let mut params = ListParams::default().limit(PAGE).labels(selector);
+        loop {
+            let page = api.list_metadata(&params).await.map_err(|e| match api_code(&e) {
+                Some(400) => Error::Config {
+                    config_map: config_map.to_owned(),
+                    message: format!(
+                        "manager.nodeFilter.selectors[{i}]: {selector:?} is not a valid label selector ({e})"
+                    ),
+                },
+                _ => e.into(),
+            })?;
+            for n in page.items {
+                if let Some(name) = n.metadata.name {
+                    matched.entry(name).or_insert_with(|| selector.clone());
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
             }
         }
     }
-    let mut out: Vec<Candidate> = nodes
-        .into_iter()
-        .filter_map(|node| {
-            let name = node.metadata.name.clone()?;
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        for node in page.items {
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
             let skip = unsupported(&node).or_else(|| match (include, matched.get(&name)) {
                 (false, Some(sel)) => Some(format!("matches node filter {sel:?}")),
                 (true, None) => Some("matches no node filter selector (include mode)".to_owned()),
                 _ => None,
             });
-            Some(Candidate {
+            out.push(Candidate {
                 labels: node.metadata.labels.unwrap_or_default(),
                 name,
                 skip,
-            })
-        })
-        .collect();
+            });
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
@@ -89,21 +108,4 @@ fn unsupported(node: &Node) -> Option<String> {
         return Some("virtual-kubelet node".into());
     }
     None
-}
-
-async fn list_all(api: &Api<Node>, selector: Option<&str>) -> Result<Vec<Node>> {
-    let mut params = ListParams::default().limit(PAGE);
-    if let Some(s) = selector {
-        params = params.labels(s);
-    }
-    let mut out = Vec::new();
-    loop {
-        let page = api.list(&params).await?;
-        out.extend(page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
-    }
-    Ok(out)
 }

@@ -35,6 +35,12 @@ pub const IMAGELIST_NAME: &str = "imagelist";
 pub const CONFIG_KEY: &str = "controller_manager_config.yaml";
 pub const EXCLUSION_LABEL: &str = "eraser.sh/exclude.list=true";
 const ANNOTATION_IMAGELIST: &str = "scour.dev/imagelist-version";
+/// On a run's ImageJob while it runs, so a tick reads only that one in full.
+const LABEL_ACTIVE: &str = "scour.dev/active";
+/// On a finished ImageJob: when its pods go, and that they are gone.
+const ANNOTATION_DELETE_AFTER: &str = "scour.dev/delete-after";
+const ANNOTATION_PODS_DELETED: &str = "scour.dev/pods-deleted";
+const PAGE: u32 = 100;
 /// etcd refuses objects over 1.5 MiB; per-node image lists are trimmed to
 /// keep the ImageJob status under this (counts stay exact).
 const STATUS_BUDGET: usize = 800 * 1024;
@@ -158,20 +164,19 @@ impl Controller {
             Err(e) => return Err(e),
         };
         let jobs_api: Api<ImageJob> = Api::all(self.client.clone());
-        let jobs = jobs_api
-            .list(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")))
+        let active = jobs_api
+            .list(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ACTIVE}=true")))
             .await?
             .items;
-        let active = jobs
-            .iter()
-            .find(|j| j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Running));
-        let outcome = match (active, &config) {
+        let outcome = match (active.first(), &config) {
             // A run in flight goes on with the rules it started with.
             (Some(job), _) => self.progress(job, config.as_ref().ok(), now).await?,
             (None, Ok(loaded)) => self.maybe_start(loaded, now).await?,
             (None, Err(message)) => Tick::InvalidConfig(message.clone()),
         };
-        self.clean_up(&jobs, now).await?;
+        drop(active);
+        self.clean_up(now).await?;
+        crate::memory::release_free_memory();
         Ok(outcome)
     }
 
@@ -315,7 +320,10 @@ impl Controller {
             },
         };
         let mut job = ImageJob::new(name, spec);
-        job.metadata.labels = Some(BTreeMap::from([(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned())]));
+        job.metadata.labels = Some(BTreeMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_ACTIVE.to_owned(), "true".to_owned()),
+        ]));
         if let Some(l) = list {
             job.metadata.annotations = Some(BTreeMap::from([(
                 ANNOTATION_IMAGELIST.to_owned(),
@@ -463,13 +471,7 @@ impl Controller {
         let mut status = job.status.clone().unwrap_or_default();
         let rollout = &job.spec.rollout;
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let pods: HashMap<String, Pod> = pods_api
-            .list(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
-            .await?
-            .items
-            .into_iter()
-            .filter_map(|p| Some((p.spec.as_ref()?.node_name.clone()?, p)))
-            .collect();
+        let pods = self.pod_views(&pods_api, &name).await?;
         let mut changed = false;
         let pending_timeout = Duration::from_secs(rollout.pending_timeout_seconds.max(0) as u64);
         for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Running) {
@@ -483,7 +485,7 @@ impl Controller {
                     ));
                     changed = true;
                 }
-                Some(pod) => match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some(pod) => match pod.phase.as_deref() {
                     Some("Succeeded" | "Failed") => {
                         absorb(n, pod);
                         n.finished = Some(Time(now));
@@ -492,8 +494,7 @@ impl Controller {
                     Some("Pending") | None => {
                         let started = n.started.as_ref().map(|t| t.0).unwrap_or(now);
                         if now.duration_since(started).as_secs() >= pending_timeout.as_secs() as i64 {
-                            let pod_name = pod.name_any();
-                            match pods_api.delete(&pod_name, &DeleteParams::default()).await {
+                            match pods_api.delete(&pod.name, &DeleteParams::default()).await {
                                 Ok(_) => {}
                                 Err(e) if api_code(&e) == Some(404) => {}
                                 Err(e) => return Err(e.into()),
@@ -503,7 +504,7 @@ impl Controller {
                             n.message = Some(format!(
                                 "worker pod stayed Pending for {}{}; deleted it",
                                 humantime::format_duration(pending_timeout),
-                                waiting_reason(pod).map(|r| format!(" ({r})")).unwrap_or_default()
+                                pod.waiting.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
                             ));
                             tracing::warn!(job = %name, node = %n.name, "{}", n.message.as_deref().unwrap_or(""));
                             changed = true;
@@ -708,32 +709,58 @@ impl Controller {
         let patch = Patch::Merge(json!({ "status": status }));
         api.patch_status(name, &PatchParams::apply(FIELD_MANAGER), &patch)
             .await?;
+        if status.phase != Some(JobPhase::Running) {
+            let delete_after = status.delete_after.as_ref().map(|t| t.0.to_string());
+            let patch = Patch::Merge(json!({ "metadata": {
+                "labels": { LABEL_ACTIVE: null },
+                "annotations": { ANNOTATION_DELETE_AFTER: delete_after },
+            }}));
+            api.patch_metadata(name, &PatchParams::apply(FIELD_MANAGER), &patch)
+                .await?;
+        }
         Ok(())
     }
 
+    /// The run's pods, a page at a time, each reduced to what the run needs.
+    async fn pod_views(&self, api: &Api<Pod>, job: &str) -> Result<HashMap<String, PodView>> {
+        let mut out = HashMap::new();
+        let mut params = ListParams::default().labels(&format!("{LABEL_JOB}={job}")).limit(PAGE);
+        loop {
+            let page = api.list(&params).await?;
+            for pod in page.items {
+                if let Some((node, view)) = PodView::of(pod) {
+                    out.insert(node, view);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes finished worker pods once their run's delay has passed, and
-    /// the oldest records beyond the history limit.
-    async fn clean_up(&mut self, jobs: &[ImageJob], now: Timestamp) -> Result<()> {
+    /// the oldest records beyond the history limit. Reads only metadata.
+    async fn clean_up(&mut self, now: Timestamp) -> Result<()> {
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let jobs_api: Api<ImageJob> = Api::all(self.client.clone());
-        let mut finished: Vec<&ImageJob> = jobs
-            .iter()
-            .filter(|j| {
-                matches!(
-                    j.status.as_ref().and_then(|s| s.phase),
-                    Some(JobPhase::Completed | JobPhase::Failed)
-                )
-            })
-            .collect();
-        finished.sort_by_key(|j| std::cmp::Reverse(j.status.as_ref().and_then(|s| s.start_time.clone())));
+        let mut finished: Vec<_> = jobs_api
+            .list_metadata(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY},!{LABEL_ACTIVE}")))
+            .await?
+            .items;
+        finished.sort_by_key(|j| std::cmp::Reverse((j.metadata.creation_timestamp.clone(), j.name_any())));
         for (i, job) in finished.iter().enumerate() {
             let name = job.name_any();
-            let status = job.status.as_ref().cloned().unwrap_or_default();
+            let annotations = job.annotations();
             let expired = i >= self.opts.history;
-            let due = status.delete_after.as_ref().is_none_or(|t| t.0 <= now);
-            if !status.pods_deleted && (due || expired) {
+            let due = annotations
+                .get(ANNOTATION_DELETE_AFTER)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .is_none_or(|t| t <= now);
+            if !annotations.contains_key(ANNOTATION_PODS_DELETED) && (due || expired) {
                 let pods = pods_api
-                    .list(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
+                    .list_metadata(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
                     .await?;
                 for pod in pods.items {
                     match pods_api.delete(&pod.name_any(), &DeleteParams::default()).await {
@@ -743,10 +770,12 @@ impl Controller {
                     }
                 }
                 if !expired {
-                    let patch = Patch::Merge(json!({ "status": { "podsDeleted": true } }));
-                    jobs_api
-                        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER), &patch)
-                        .await?;
+                    let params = PatchParams::apply(FIELD_MANAGER);
+                    let status = Patch::Merge(json!({ "status": { "podsDeleted": true } }));
+                    jobs_api.patch_status(&name, &params, &status).await?;
+                    let meta =
+                        Patch::Merge(json!({ "metadata": { "annotations": { ANNOTATION_PODS_DELETED: "true" } } }));
+                    jobs_api.patch_metadata(&name, &params, &meta).await?;
                 }
                 self.plans.remove(&name);
             }
@@ -814,18 +843,64 @@ fn empty_node(name: &str) -> NodeResult {
     }
 }
 
+/// What a run needs of a worker pod.
+struct PodView {
+    name: String,
+    phase: Option<String>,
+    /// Exit code, reason and termination message of the worker container.
+    terminated: Option<(i32, Option<String>, Option<String>)>,
+    /// Why the pod is not running yet, for the Pending timeout's message.
+    waiting: Option<String>,
+}
+
+impl PodView {
+    fn of(pod: Pod) -> Option<(String, PodView)> {
+        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let name = pod.name_any();
+        let status = pod.status.unwrap_or_default();
+        let state = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.name == CONTAINER)
+            .and_then(|c| c.state);
+        let terminated = state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| (t.exit_code, t.reason.clone(), t.message.clone()));
+        let waiting = state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .map(|w| match &w.message {
+                Some(m) => format!("{}: {m}", w.reason.as_deref().unwrap_or("waiting")),
+                None => w.reason.clone().unwrap_or_else(|| "waiting".into()),
+            })
+            .or_else(|| {
+                status
+                    .conditions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.status == "False" && c.reason.is_some())
+                    .map(|c| format!("{}: {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+            });
+        let view = PodView {
+            name,
+            phase: status.phase,
+            terminated,
+            waiting,
+        };
+        Some((node, view))
+    }
+}
+
 /// A finished pod's outcome, from its exit and its termination summary.
-fn absorb(n: &mut NodeResult, pod: &Pod) {
-    let status = pod.status.as_ref();
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER))
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref());
-    let pod_succeeded = status.and_then(|s| s.phase.as_deref()) == Some("Succeeded");
-    let exit = terminated.map(|t| t.exit_code);
-    let summary = terminated
-        .and_then(|t| t.message.as_deref())
+fn absorb(n: &mut NodeResult, pod: &PodView) {
+    let pod_succeeded = pod.phase.as_deref() == Some("Succeeded");
+    let exit = pod.terminated.as_ref().map(|t| t.0);
+    let summary = pod
+        .terminated
+        .as_ref()
+        .and_then(|t| t.2.as_deref())
         .filter(|m| !m.trim().is_empty())
         .map(TerminationSummary::parse);
     let mut problem = None;
@@ -847,11 +922,14 @@ fn absorb(n: &mut NodeResult, pod: &Pod) {
         Some(Err(e)) => problem = Some(e),
         None => problem = Some("the worker left no termination summary".into()),
     }
-    let ok = pod_succeeded && exit == Some(0) && problem.as_deref().is_none_or(|p| !p.starts_with("the worker's pass"));
+    let pass_failed = problem.as_deref().is_some_and(|p| p.starts_with("the worker's pass"));
+    let ok = pod_succeeded && exit == Some(0) && !pass_failed;
     n.phase = if ok { NodePhase::Succeeded } else { NodePhase::Failed };
     if !ok {
-        let reason = terminated
-            .and_then(|t| t.reason.clone())
+        let reason = pod
+            .terminated
+            .as_ref()
+            .and_then(|t| t.1.clone())
             .unwrap_or_else(|| "no exit status".into());
         n.message = Some(match (exit, problem) {
             (Some(code), Some(p)) => format!("exit {code} ({reason}): {p}"),
@@ -862,34 +940,6 @@ fn absorb(n: &mut NodeResult, pod: &Pod) {
     } else if let Some(p) = problem {
         n.message = Some(p);
     }
-}
-
-fn waiting_reason(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    if let Some(w) = status
-        .container_statuses
-        .as_ref()
-        .and_then(|cs| cs.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.waiting.as_ref())
-    {
-        return Some(match &w.message {
-            Some(m) => format!("{}: {m}", w.reason.as_deref().unwrap_or("waiting")),
-            None => w.reason.clone().unwrap_or_else(|| "waiting".into()),
-        });
-    }
-    status
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.status == "False" && c.reason.is_some())
-        .map(|c| {
-            format!(
-                "{}: {}",
-                c.reason.as_deref().unwrap_or(""),
-                c.message.as_deref().unwrap_or("")
-            )
-        })
 }
 
 fn check_exclusions(cm: &ConfigMap) -> Result<()> {

@@ -101,6 +101,27 @@ impl FakeApi {
         kube::Client::new(service, default_namespace)
     }
 
+    /// Serves this store over plain HTTP on `listener`, so that a real process (e.g. `scour controller` with a
+    /// kubeconfig whose server is `http://<addr>`) talks to it. Runs until the returned future is dropped.
+    pub async fn serve_http(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        use axum::body::Bytes;
+        use axum::extract::State;
+        use axum::response::IntoResponse;
+        async fn answer(
+            State(store): State<FakeApi>,
+            method: Method,
+            uri: http::Uri,
+            headers: http::HeaderMap,
+            body: Bytes,
+        ) -> axum::response::Response {
+            let reply = store.lock().handle(&method, &uri, &headers, &body);
+            let code = http::StatusCode::from_u16(reply.code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            (code, [(http::header::CONTENT_TYPE, "application/json")], reply.body).into_response()
+        }
+        let app = axum::Router::new().fallback(answer).with_state(self.clone());
+        axum::serve(listener, app).await
+    }
+
     /// Inserts or overwrites an object as-is: any value that serializes with apiVersion, kind and metadata.name
     /// (k8s-openapi types, `#[derive(CustomResource)]` types, typed `DynamicObject`s). Fills uid, resourceVersion,
     /// creationTimestamp and generation when absent, and namespace "default" for known namespaced kinds.
