@@ -339,6 +339,68 @@ async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_nee
         !args.iter().any(|a| a.starts_with("--imagelist")),
         "automatic runs have no list"
     );
+    parses_as_a_worker(pod);
+}
+
+/// The pod's command line is one the real `scour worker` accepts.
+fn parses_as_a_worker(pod: &Pod) {
+    use clap::Parser;
+    let argv = std::iter::once("scour".to_owned()).chain(args(pod));
+    if let Err(e) = scour::cli::Cli::try_parse_from(argv) {
+        panic!("scour worker refuses the pod's arguments {:?}: {e}", args(pod));
+    }
+}
+
+#[tokio::test]
+async fn a_policy_from_a_configmap_is_mounted_and_pinned() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let config = format!(
+        "{CONFIG}  policy:\n    configMap: my-policy\n    sha256: \"{digest}\"\n    settings: '{{\"maxAgeDays\": 30}}'\n"
+    );
+    let mut c = Cluster::new(nodes(1), &config).await;
+    let name = started(c.tick().await);
+    assert_eq!(c.job(&name).spec.policy_sha256.as_deref(), Some(digest.as_str()));
+    c.advance(5);
+    c.tick().await;
+    let pod = &c.pods()[0];
+    let args = args(pod);
+    assert!(
+        args.contains(&"--policy=/etc/scour/policy/policy.wasm".to_owned()),
+        "{args:?}"
+    );
+    assert!(args.contains(&format!("--policy-sha256={digest}")), "{args:?}");
+    let volume = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "policy")
+        .unwrap();
+    let cm = volume.config_map.as_ref().unwrap();
+    assert_eq!(cm.name, "my-policy");
+    assert_eq!(cm.items.as_ref().unwrap()[0].key, "policy.wasm");
+    parses_as_a_worker(pod);
+}
+
+#[tokio::test]
+async fn only_the_newest_records_are_kept() {
+    let mut c = Cluster::new(nodes(1), CONFIG).await;
+    let mut opts = Options::new(NS, "replica-a");
+    opts.history = 2;
+    c.controller = Controller::new(c.fake.client(NS), opts, Arc::new(Metrics::default()));
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(started(c.tick().await));
+        c.run_to_completion(0).await;
+        c.advance(24 * 3600);
+    }
+    // This tick starts a fifth run and prunes the finished ones to two.
+    let fifth = started(c.tick().await);
+    let kept: Vec<String> = c.jobs().iter().map(|j| j.name_any()).collect();
+    assert_eq!(kept, [names[2].clone(), names[3].clone(), fifth], "the oldest go first");
 }
 
 #[tokio::test]
@@ -359,6 +421,7 @@ async fn an_applied_imagelist_leads_to_a_run_and_then_to_its_status() {
     c.tick().await;
     let pod = &c.pods()[0];
     assert!(args(pod).contains(&"--imagelist=/etc/scour/imagelist/images.json".to_owned()));
+    parses_as_a_worker(pod);
     assert_eq!(
         pod.annotations()["scour.dev/imagelist"],
         r#"["docker.io/library/alpine:3.7.3"]"#,
