@@ -807,3 +807,63 @@ fn validate(schema: &serde_json::Value, value: &serde_json::Value, path: &str) -
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn deleting_the_imagelist_mid_run_lets_the_run_finish_without_writing_status() {
+    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let mut c = Cluster::new(nodes(2), &config).await;
+    let lists: Api<ImageList> = Api::all(c.client());
+    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
+    let name = started(c.tick().await);
+    c.advance(5);
+    c.tick().await;
+    lists.delete("imagelist", &DeleteParams::default()).await.unwrap();
+    let job = c.run_to_completion(1).await;
+    assert_eq!(job.name_any(), name);
+    assert_eq!(job.status.unwrap().phase, Some(JobPhase::Completed));
+    assert!(
+        c.fake.get::<ImageList>(None, "imagelist").is_none(),
+        "nothing re-creates the list"
+    );
+    c.advance(5);
+    assert_eq!(c.tick().await, Tick::Idle);
+}
+
+#[tokio::test]
+async fn health_readiness_and_eraser_named_metrics_are_served() {
+    use scour::controller::serve::{Health, router};
+    use tower::ServiceExt;
+    let mut c = Cluster::new(nodes(2), CONFIG).await;
+    started(c.tick().await);
+    c.run_to_completion(2).await;
+    let health = Arc::new(Health::default());
+    let get = |path: &'static str| {
+        let app = router(c.controller.metrics(), health.clone());
+        async move {
+            let response = app
+                .oneshot(http::Request::get(path).body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let code = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (code, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 503, "not ready before the API has answered");
+    health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (code, text) = get("/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "imagejob_run_total 1",
+        "pods_completed_run_total 2",
+        "pods_failed_run_total 0",
+        "images_removed_run_total{node_name=\"node-0000\"} 2",
+        "vulnerable_images_run_total{node_name=\"node-0001\"} 2",
+        "scour_controller_leader 1",
+        "imagejob_duration_run_seconds_count 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+}
