@@ -867,3 +867,28 @@ async fn health_readiness_and_eraser_named_metrics_are_served() {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_worker_that_never_finishes_times_out_and_its_node_counts_as_failed() {
+    let config = CONFIG.replace("pendingTimeout: 10m", "pendingTimeout: 10m\n    nodeTimeout: 2h");
+    let mut c = Cluster::new(nodes(2), &config).await;
+    let name = started(c.tick().await);
+    c.advance(5);
+    c.tick().await;
+    let pods = c.pods();
+    // The node went away with the pod still Running; nothing will end it.
+    c.fake.set_pod_phase(NS, &pods[0].name_any(), "Running");
+    c.fake.finish_pod(NS, &pods[1].name_any(), 0, &summary("node-0001", 0));
+    c.advance(119 * 60);
+    assert_eq!(c.tick().await, Tick::Running(name.clone()));
+    c.advance(60);
+    assert_eq!(c.tick().await, Tick::Finished(name.clone()));
+    let status = c.job(&name).status.unwrap();
+    let lost = status.nodes.iter().find(|n| n.name == "node-0000").unwrap();
+    assert_eq!(lost.phase, NodePhase::Failed);
+    assert!(
+        lost.message.as_deref().unwrap().contains("did not finish within 2h"),
+        "{lost:?}"
+    );
+    assert!(c.fake.get::<Pod>(Some(NS), &pods[0].name_any()).is_none());
+}

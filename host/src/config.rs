@@ -131,7 +131,11 @@ const CONFIG_SCHEMA: Schema = Map(&[
             ),
             (
                 "rollout",
-                Map(&[("maxConcurrency", Leaf(Used)), ("pendingTimeout", Leaf(Used))]),
+                Map(&[
+                    ("maxConcurrency", Leaf(Used)),
+                    ("pendingTimeout", Leaf(Used)),
+                    ("nodeTimeout", Leaf(Used)),
+                ]),
             ),
             ("schedule", Map(&[("interval", Leaf(Used))])),
             ("sandboxImages", Leaf(Used)),
@@ -238,6 +242,9 @@ pub struct RolloutConfig {
     pub max_concurrency: Option<String>,
     /// How long a worker pod may stay Pending before its node counts as failed.
     pub pending_timeout: Option<String>,
+    /// How long a started worker pod may take before it is deleted and its
+    /// node counts as failed (a pod on a lost node never finishes).
+    pub node_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -618,6 +625,7 @@ impl Loaded {
         }
         for (path, value) in [
             ("scour.rollout.pendingTimeout", &scour.rollout.pending_timeout),
+            ("scour.rollout.nodeTimeout", &scour.rollout.node_timeout),
             ("scour.schedule.interval", &scour.schedule.interval),
         ] {
             if let Some(v) = value {
@@ -686,6 +694,20 @@ impl Loaded {
             .as_deref()
             .and_then(|c| parse_concurrency(c).ok())
             .unwrap_or(Concurrency::Percent(10.0))
+    }
+
+    /// `scour.rollout.nodeTimeout`; by default the scan budget
+    /// (`timeout.total`, else the worker's 1h) plus an hour for the rest.
+    pub fn node_timeout(&self) -> Duration {
+        self.config
+            .scour
+            .rollout
+            .node_timeout
+            .as_deref()
+            .and_then(|t| parse_go_duration(t).ok())
+            .unwrap_or_else(|| {
+                self.scan_total_timeout().unwrap_or(Duration::from_secs(3600)) + Duration::from_secs(3600)
+            })
     }
 
     /// `scour.rollout.pendingTimeout`, default 10m.

@@ -110,6 +110,10 @@ pub struct RolloutSpec {
     pub max_concurrency: i64,
     /// Seconds a pod may stay Pending before its node counts as failed.
     pub pending_timeout_seconds: i64,
+    /// Seconds a node's worker may take in all before it is deleted and the
+    /// node counts as failed.
+    #[serde(default)]
+    pub node_timeout_seconds: i64,
     /// `(succeeded + skipped) / desired` needed for Completed.
     pub success_ratio: f64,
     /// Seconds finished pods stay after a Completed run.

@@ -314,6 +314,7 @@ impl Controller {
             rollout: RolloutSpec {
                 max_concurrency: loaded.max_concurrency().of(selected) as i64,
                 pending_timeout_seconds: loaded.pending_timeout().as_secs() as i64,
+                node_timeout_seconds: loaded.node_timeout().as_secs() as i64,
                 success_ratio: loaded.success_ratio(),
                 delay_on_success_seconds: success_delay.as_secs() as i64,
                 delay_on_failure_seconds: failure_delay.as_secs() as i64,
@@ -473,7 +474,6 @@ impl Controller {
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let pods = self.pod_views(&pods_api, &name).await?;
         let mut changed = false;
-        let pending_timeout = Duration::from_secs(rollout.pending_timeout_seconds.max(0) as u64);
         for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Running) {
             match pods.get(&n.name) {
                 None => {
@@ -491,9 +491,17 @@ impl Controller {
                         n.finished = Some(Time(now));
                         changed = true;
                     }
-                    Some("Pending") | None => {
+                    phase => {
                         let started = n.started.as_ref().map(|t| t.0).unwrap_or(now);
-                        if now.duration_since(started).as_secs() >= pending_timeout.as_secs() as i64 {
+                        let waited = now.duration_since(started).as_secs();
+                        let pending = matches!(phase, Some("Pending") | None);
+                        let (limit, what) = if pending {
+                            (rollout.pending_timeout_seconds, "stayed Pending for")
+                        } else {
+                            (rollout.node_timeout_seconds, "did not finish within")
+                        };
+                        // 0 means no limit (records written before the field existed).
+                        if limit > 0 && waited >= limit {
                             match pods_api.delete(&pod.name, &DeleteParams::default()).await {
                                 Ok(_) => {}
                                 Err(e) if api_code(&e) == Some(404) => {}
@@ -501,16 +509,16 @@ impl Controller {
                             }
                             n.phase = NodePhase::Failed;
                             n.finished = Some(Time(now));
+                            let why = if pending { pod.waiting.as_ref() } else { None };
                             n.message = Some(format!(
-                                "worker pod stayed Pending for {}{}; deleted it",
-                                humantime::format_duration(pending_timeout),
-                                pod.waiting.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+                                "worker pod {what} {}{}; deleted it",
+                                humantime::format_duration(Duration::from_secs(limit as u64)),
+                                why.map(|r| format!(" ({r})")).unwrap_or_default()
                             ));
                             tracing::warn!(job = %name, node = %n.name, "{}", n.message.as_deref().unwrap_or(""));
                             changed = true;
                         }
                     }
-                    _ => {}
                 },
             }
         }
