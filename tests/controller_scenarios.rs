@@ -892,3 +892,77 @@ async fn a_worker_that_never_finishes_times_out_and_its_node_counts_as_failed() 
     );
     assert!(c.fake.get::<Pod>(Some(NS), &pods[0].name_any()).is_none());
 }
+
+#[tokio::test]
+async fn a_transient_pod_creation_error_is_retried_and_a_refusal_fails_the_node() {
+    let mut c = Cluster::new(nodes(2), CONFIG).await;
+    let name = started(c.tick().await);
+    c.fake.fail_next(http::Method::POST, "/pods", 503, 1);
+    c.advance(5);
+    assert_eq!(c.tick().await, Tick::Running(name.clone()));
+    assert!(
+        c.pods().is_empty(),
+        "the first create failed, so the tick stopped launching"
+    );
+    let status = c.job(&name).status.unwrap();
+    assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Queued));
+
+    c.fake.fail_next(http::Method::POST, "/pods", 403, 1);
+    c.advance(5);
+    c.tick().await;
+    let status = c.job(&name).status.unwrap();
+    let refused = status.nodes.iter().find(|n| n.phase == NodePhase::Failed).unwrap();
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("could not create the worker pod"),
+        "{refused:?}"
+    );
+    assert_eq!(c.pods().len(), 1, "the other node got its pod");
+}
+
+#[tokio::test]
+async fn a_worker_whose_pass_failed_or_left_no_summary_fails_its_node() {
+    let mut c = Cluster::new(nodes(3), CONFIG).await;
+    let name = started(c.tick().await);
+    c.advance(5);
+    c.tick().await;
+    let pods = c.pods();
+    let failed_pass = TerminationSummary {
+        status: Status::Failed,
+        errors: vec!["exclusion list /etc/scour/exclusions/user/x/a.json: expected {\"excluded\": [...]}".into()],
+        ..serde_json::from_str(&summary("node-0000", 0)).unwrap()
+    };
+    // The worker exits 1 when its pass could not complete safely.
+    c.fake.finish_pod(
+        NS,
+        &pods[0].name_any(),
+        1,
+        &serde_json::to_string(&failed_pass).unwrap(),
+    );
+    c.fake.finish_pod(NS, &pods[1].name_any(), 137, "");
+    c.fake.finish_pod(NS, &pods[2].name_any(), 0, &summary("node-0002", 1));
+    c.advance(5);
+    assert_eq!(c.tick().await, Tick::Finished(name.clone()));
+    let status = c.job(&name).status.unwrap();
+    let message = |node: &str| {
+        status
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .unwrap()
+            .message
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        message("node-0000").contains("the worker's pass failed: exclusion list"),
+        "{}",
+        message("node-0000")
+    );
+    assert!(message("node-0001").contains("exit 137") && message("node-0001").contains("no termination summary"));
+    assert_eq!((status.succeeded, status.failed), (1, 2));
+    assert_eq!(status.removed, 1);
+}
