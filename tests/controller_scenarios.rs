@@ -966,3 +966,35 @@ async fn a_worker_whose_pass_failed_or_left_no_summary_fails_its_node() {
     assert_eq!((status.succeeded, status.failed), (1, 2));
     assert_eq!(status.removed, 1);
 }
+
+#[tokio::test]
+async fn events_about_cluster_scoped_objects_are_filed_where_the_api_server_accepts_them() {
+    let mut c = Cluster::new(nodes(1), CONFIG).await;
+    let name = started(c.tick().await);
+    c.run_to_completion(0).await;
+    let events = c.events();
+    let on_job: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
+        .collect();
+    let reasons: Vec<&str> = on_job.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert_eq!(reasons, ["RunStarted", "RunCompleted"]);
+    assert!(
+        on_job
+            .iter()
+            .all(|e| e.metadata.namespace.as_deref() == Some("default"))
+    );
+    // The fake refuses what the API server refuses: an event about a
+    // cluster-scoped object outside `default`.
+    let mut misplaced = on_job[0].clone();
+    misplaced.metadata = ObjectMeta {
+        name: Some("misplaced".into()),
+        namespace: Some(NS.into()),
+        ..Default::default()
+    };
+    let err = Api::<Event>::namespaced(c.client(), NS)
+        .create(&PostParams::default(), &misplaced)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err}");
+}

@@ -802,6 +802,9 @@ impl Controller {
     async fn event(&mut self, target: ObjectReference, warning: bool, reason: &str, message: &str, now: Timestamp) {
         self.event_seq += 1;
         let object = target.name.clone().unwrap_or_default();
+        // The API server files events about cluster-scoped objects (ImageList,
+        // ImageJob) under `default`, and others under the object's namespace.
+        let namespace = target.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!(
@@ -809,7 +812,7 @@ impl Controller {
                     now.as_nanosecond(),
                     self.event_seq % 0x10000
                 )),
-                namespace: Some(self.opts.namespace.clone()),
+                namespace: Some(namespace.clone()),
                 ..Default::default()
             },
             involved_object: target,
@@ -827,7 +830,7 @@ impl Controller {
             reporting_instance: Some(self.opts.identity.clone()),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(%reason, "recording an event failed: {e}");
         }

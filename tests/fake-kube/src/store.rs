@@ -663,6 +663,9 @@ impl Store {
                 format!("metadata.name: Invalid value: {name:?}: must be a lowercase RFC 1123 subdomain"),
             ));
         }
+        if ctx.group.is_empty() && ctx.plural == "events" {
+            check_core_event(ctx, &name, &obj)?;
+        }
         if self.get(&ctx.res_key(), ctx.namespace.as_deref(), &name).is_some() {
             let message = format!("{} \"{name}\" already exists", ctx.qualified());
             return Err(Reply::status(409, "AlreadyExists", message, Some(ctx.details(&name))));
@@ -1005,5 +1008,29 @@ fn parse_body(body: &[u8]) -> Result<Value, Reply> {
             format!("the request body is not valid JSON: {e}"),
             None,
         )),
+    }
+}
+
+/// The API server's rule for core/v1 Events without `eventTime`: an event
+/// about a cluster-scoped object lives in `default`, one about a namespaced
+/// object in that object's namespace.
+fn check_core_event(ctx: &Ctx, name: &str, obj: &Value) -> Result<(), Reply> {
+    if obj.get("eventTime").is_some_and(|t| !t.is_null()) {
+        return Ok(());
+    }
+    let involved = obj["involvedObject"]["namespace"].as_str().unwrap_or("");
+    let namespace = ctx.namespace.as_deref().unwrap_or("");
+    let ok = if involved.is_empty() {
+        namespace.is_empty() || namespace == "default"
+    } else {
+        namespace == involved
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ctx.invalid(
+            name,
+            format!("involvedObject.namespace: Invalid value: {involved:?}: does not match event.namespace"),
+        ))
     }
 }
