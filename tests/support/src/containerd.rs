@@ -276,6 +276,7 @@ impl PrivateContainerd {
     /// `ListImages` ([`READY_TIMEOUT`]), and imports [`SANDBOX_IMAGE`].
     /// On failure everything made so far is torn down again.
     pub fn start() -> Result<Self> {
+        note_new_cgroup_parents();
         let dir = make_instance_dir()?;
         let mut ctd = Self {
             dir,
@@ -780,8 +781,10 @@ impl PrivateContainerd {
             .collect();
         kill_and_wait(&self.dir, &helpers, "helper process");
 
-        // 4. cgroups of this instance's containers.
+        // 4. cgroups of this instance's containers, then the namespace
+        //    parents runc made for them, once no instance uses them.
         remove_cgroups(&self.dir, &ids);
+        remove_idle_cgroup_parents();
 
         // 5. Mounts under the dir (deepest first), then the tmpfs on it.
         unmount_all_under(&self.dir);
@@ -1265,6 +1268,34 @@ fn unmount_all_under(dir: &Path) {
         }
     }
     warn(dir, "mounts remain under the instance dir after 8 rounds of umount -l");
+}
+
+/// `<cgroup mount>/k8s.io` directories that did not exist before a fixture
+/// started: runc creates them as the parents of our containers' cgroups.
+fn cgroup_parents_we_made() -> &'static Mutex<BTreeSet<PathBuf>> {
+    static MADE: OnceLock<Mutex<BTreeSet<PathBuf>>> = OnceLock::new();
+    MADE.get_or_init(|| Mutex::new(BTreeSet::new()))
+}
+
+fn note_new_cgroup_parents() {
+    let mut made = cgroup_parents_we_made().lock().unwrap_or_else(|e| e.into_inner());
+    for mount_point in cgroup_mounts() {
+        let parent = mount_point.join(CRI_NAMESPACE);
+        if !parent.exists() {
+            made.insert(parent);
+        }
+    }
+}
+
+/// Removes the parents noted above. `rmdir` of a cgroup fails while it has
+/// children, so one still used by another instance (or by anything else)
+/// stays; every teardown tries again (an instance still running may make it
+/// anew), so the last one removes it.
+fn remove_idle_cgroup_parents() {
+    let made = cgroup_parents_we_made().lock().unwrap_or_else(|e| e.into_inner());
+    for parent in made.iter() {
+        let _ = fs::remove_dir(parent);
+    }
 }
 
 /// Kills what is left in `<cgroup mount>/<ns>/<id>` (only this instance's
