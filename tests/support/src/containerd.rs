@@ -276,6 +276,7 @@ impl PrivateContainerd {
     /// `ListImages` ([`READY_TIMEOUT`]), and imports [`SANDBOX_IMAGE`].
     /// On failure everything made so far is torn down again.
     pub fn start() -> Result<Self> {
+        reap_orphans();
         note_new_cgroup_parents();
         let dir = make_instance_dir()?;
         let mut ctd = Self {
@@ -970,6 +971,50 @@ disabled_plugins = [
   SystemdCgroup = false
 "#
     )
+}
+
+/// Tears down, once per process, the instances of test processes that died
+/// without cleaning up (SIGKILL, abort): `/tmp/scour-ctd-<pid>-<n>` whose
+/// process is gone. Only its own containerd, shims, runc and ctr are ended,
+/// found by the instance dir in their arguments. Call it before noting the
+/// cgroup parents that exist.
+fn reap_orphans() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(entries) = fs::read_dir("/tmp") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name
+                .strip_prefix("scour-ctd-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            let dir = entry.path();
+            warn(
+                &dir,
+                &format!("left behind by process {owner}, which is gone; tearing it down"),
+            );
+            // Its containers' cgroup parents were made by a fixture too.
+            let mut made = cgroup_parents_we_made().lock().unwrap_or_else(|e| e.into_inner());
+            made.extend(cgroup_mounts().into_iter().map(|m| m.join(CRI_NAMESPACE)));
+            drop(made);
+            drop(PrivateContainerd {
+                dir,
+                tmpfs: false,
+                child: None,
+                pid: 0,
+                ids: Mutex::new(BTreeSet::new()),
+                imports: AtomicU64::new(0),
+            });
+        }
+    });
 }
 
 fn make_instance_dir() -> Result<PathBuf> {
