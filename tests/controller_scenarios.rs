@@ -998,3 +998,60 @@ async fn events_about_cluster_scoped_objects_are_filed_where_the_api_server_acce
         .unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err}");
 }
+
+#[tokio::test]
+async fn a_run_that_failed_closed_runs_again_once_the_exclusion_list_is_fixed() {
+    let mut c = Cluster::new(nodes(2), CONFIG).await;
+    c.fake
+        .seed(&config_map("team-b", "list.json", r#"{"exclude": ["oops"]}"#, true));
+    let first = started(c.tick().await);
+    assert_eq!(c.job(&first).status.unwrap().phase, Some(JobPhase::Failed));
+    for _ in 0..3 {
+        c.advance(5);
+        assert_eq!(c.tick().await, Tick::Idle, "nothing changed, so nothing is retried");
+    }
+    c.fake.seed(&config_map(
+        "team-b",
+        "list.json",
+        r#"{"excluded": ["docker.io/library/*"]}"#,
+        true,
+    ));
+    c.advance(5);
+    let second = started(c.tick().await);
+    assert_ne!(first, second);
+    let job = c.run_to_completion(1).await;
+    assert_eq!(job.status.unwrap().phase, Some(JobPhase::Completed));
+    assert_eq!(c.pods().len(), 0, "finished pods are gone (delayOnSuccess 0s)");
+    c.advance(5);
+    assert_eq!(
+        c.tick().await,
+        Tick::Idle,
+        "the retry ran once; the next run is a day away"
+    );
+}
+
+#[tokio::test]
+async fn a_manual_run_that_failed_closed_runs_again_once_the_exclusion_list_is_fixed() {
+    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let mut c = Cluster::new(nodes(1), &config).await;
+    c.fake
+        .seed(&config_map("excluded", "sample", r#"{"excluded": []}"#, true));
+    Api::<ImageList>::all(c.client())
+        .create(&PostParams::default(), &seed_imagelist())
+        .await
+        .unwrap();
+    let first = started(c.tick().await);
+    assert_eq!(c.job(&first).status.unwrap().phase, Some(JobPhase::Failed));
+    let list = c.fake.get::<ImageList>(None, "imagelist").unwrap().status.unwrap();
+    assert!(list.message.unwrap().contains("excluded"), "the ImageList says why");
+    c.advance(5);
+    assert_eq!(c.tick().await, Tick::Idle);
+    c.fake
+        .seed(&config_map("excluded", "sample.json", r#"{"excluded": []}"#, true));
+    c.advance(5);
+    let second = started(c.tick().await);
+    assert_eq!(c.job(&second).spec.images, ["docker.io/library/alpine:3.7.3"]);
+    c.run_to_completion(1).await;
+    let list = c.fake.get::<ImageList>(None, "imagelist").unwrap().status.unwrap();
+    assert_eq!((list.success, list.job.as_deref()), (1, Some(second.as_str())));
+}

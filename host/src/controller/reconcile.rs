@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use sha2::Digest;
 
 use super::crd::{
     ImageJob, ImageJobSpec, ImageJobStatus, ImageList, ImageListStatus, JobPhase, NodePhase, NodeResult, RolloutSpec,
@@ -93,6 +94,13 @@ pub enum Tick {
     Started(String),
     Running(String),
     Finished(String),
+}
+
+/// A run just created; `failed_closed` holds the inputs' fingerprint when it
+/// failed closed.
+struct Started {
+    name: String,
+    failed_closed: Option<String>,
 }
 
 struct Plan {
@@ -235,24 +243,61 @@ impl Controller {
                 self.event(other.object_ref(&()), true, "Ignored", &message, now).await;
             }
         }
-        if let Some(list) = all.into_iter().find(|l| l.name_any() == IMAGELIST_NAME) {
+        let list = all.into_iter().find(|l| l.name_any() == IMAGELIST_NAME);
+        let manual_name = |list: &ImageList| {
+            format!(
+                "scour-manual-{}-g{}",
+                list.uid().unwrap_or_default().chars().take(8).collect::<String>(),
+                list.meta().generation.unwrap_or(0)
+            )
+        };
+        if let Some(list) = &list {
             let version = format!(
                 "{}/{}",
                 list.uid().unwrap_or_default(),
                 list.meta().generation.unwrap_or(0)
             );
             if state.imagelist.as_deref() != Some(version.as_str()) {
-                let name = format!(
-                    "scour-manual-{}-g{}",
-                    list.uid().unwrap_or_default().chars().take(8).collect::<String>(),
-                    list.meta().generation.unwrap_or(0)
-                );
-                let name = self.start(&name, Trigger::Manual, Some(&list), loaded, now).await?;
+                let started = self
+                    .start(&manual_name(list), Trigger::Manual, Some(list), loaded, now)
+                    .await?;
                 // Recorded after the job exists; a crash in between finds
                 // the job by its name instead of starting a second one.
                 state.imagelist = Some(version);
+                state.retry = match &started.failed_closed {
+                    Some(fp) => Some(format!("manual:{fp}")),
+                    None => state.retry.filter(|r| r.starts_with("automatic:")),
+                };
                 self.state.save(&state).await?;
-                return Ok(Tick::Started(name));
+                return Ok(Tick::Started(started.name));
+            }
+        }
+        // A run that failed closed is tried again once the config or an
+        // exclusion list has changed, rather than an interval later or
+        // never.
+        if let Some(retry) = state.retry.clone() {
+            let (trigger, old) = retry.split_once(':').unwrap_or(("", ""));
+            let current = self.inputs_fingerprint().await?;
+            if current != old {
+                let started = match (trigger, &list) {
+                    ("manual", Some(list)) => {
+                        let name = format!("{}-r{}", manual_name(list), &current[..6]);
+                        Some(self.start(&name, Trigger::Manual, Some(list), loaded, now).await?)
+                    }
+                    ("automatic", _) if loaded.automatic_enabled() => {
+                        let name = format!("scour-automatic-{}-r{}", now.strftime("%Y%m%d-%H%M%S"), &current[..6]);
+                        Some(self.start(&name, Trigger::Automatic, None, loaded, now).await?)
+                    }
+                    _ => None,
+                };
+                state.retry = started
+                    .as_ref()
+                    .and_then(|s| s.failed_closed.as_ref())
+                    .map(|fp| format!("{trigger}:{fp}"));
+                self.state.save(&state).await?;
+                if let Some(started) = started {
+                    return Ok(Tick::Started(started.name));
+                }
             }
         }
         if !loaded.automatic_enabled() {
@@ -279,10 +324,11 @@ impl Controller {
             return Ok(Tick::Idle);
         }
         let name = format!("scour-automatic-{}", due.strftime("%Y%m%d-%H%M%S"));
-        let name = self.start(&name, Trigger::Automatic, None, loaded, now).await?;
+        let started = self.start(&name, Trigger::Automatic, None, loaded, now).await?;
         state.next_run = Some(add(now, interval));
+        state.retry = started.failed_closed.map(|fp| format!("automatic:{fp}"));
         self.state.save(&state).await?;
-        Ok(Tick::Started(name))
+        Ok(Tick::Started(started.name))
     }
 
     /// Creates the ImageJob with every node queued or skipped. A run whose
@@ -295,12 +341,15 @@ impl Controller {
         list: Option<&ImageList>,
         loaded: &Loaded,
         now: Timestamp,
-    ) -> Result<String> {
+    ) -> Result<Started> {
         let api: Api<ImageJob> = Api::all(self.client.clone());
         if let Some(existing) = api.get_opt(name).await? {
             // Created by us before a restart, or by the previous leader.
             tracing::info!(job = name, "the run already exists; carrying on with it");
-            return Ok(existing.name_any());
+            return Ok(Started {
+                name: existing.name_any(),
+                failed_closed: None,
+            });
         }
         let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
         let (success_delay, failure_delay) = loaded.cleanup_delays();
@@ -333,7 +382,12 @@ impl Controller {
         }
         let job = match api.create(&PostParams::default(), &job).await {
             Ok(job) => job,
-            Err(e) if api_code(&e) == Some(409) => return Ok(name.to_owned()),
+            Err(e) if api_code(&e) == Some(409) => {
+                return Ok(Started {
+                    name: name.to_owned(),
+                    failed_closed: None,
+                });
+            }
             Err(e) => return Err(e.into()),
         };
 
@@ -361,6 +415,7 @@ impl Controller {
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let target = job.object_ref(&());
+        let mut failed_closed = None;
         match plan {
             Ok(plan) => {
                 self.plans.insert(name.to_owned(), plan);
@@ -388,9 +443,38 @@ impl Controller {
                 self.event(target, true, "RunFailed", &message, now).await;
                 self.finish(&job, &mut status, now).await;
                 self.write_status(name, &mut status).await?;
+                failed_closed = Some(self.inputs_fingerprint().await?);
             }
         }
-        Ok(name.to_owned())
+        Ok(Started {
+            name: name.to_owned(),
+            failed_closed,
+        })
+    }
+
+    /// Changes whenever the config or an exclusion ConfigMap changes: what
+    /// a run that failed closed waits for before it is tried again.
+    async fn inputs_fingerprint(&self) -> Result<String> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let mut parts = Vec::new();
+        for name in [&self.opts.config_map, &self.opts.system_exclusion_config_map] {
+            let version = api
+                .get_metadata_opt(name)
+                .await?
+                .and_then(|m| m.metadata.resource_version);
+            parts.push(format!("{name}={}", version.unwrap_or_default()));
+        }
+        let mut user: Vec<String> = api
+            .list_metadata(&ListParams::default().labels(EXCLUSION_LABEL))
+            .await?
+            .items
+            .into_iter()
+            .map(|m| format!("{}={}", m.name_any(), m.metadata.resource_version.unwrap_or_default()))
+            .collect();
+        user.sort();
+        parts.extend(user);
+        let digest = sha2::Sha256::digest(parts.join("\n").as_bytes());
+        Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Every user exclusion ConfigMap must parse before any pod starts: a

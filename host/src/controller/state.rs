@@ -23,6 +23,10 @@ pub struct State {
     /// `uid/generation` of the ImageList spec the last manual run was
     /// started for.
     pub imagelist: Option<String>,
+    /// `manual:FINGERPRINT` or `automatic:FINGERPRINT`: that run failed
+    /// closed, and is tried again once the config and exclusion ConfigMaps
+    /// no longer match the fingerprint.
+    pub retry: Option<String>,
 }
 
 pub struct Store {
@@ -67,6 +71,7 @@ impl Store {
                 })
                 .transpose()?,
             imagelist: data.get("imagelist").cloned(),
+            retry: data.get("retry").cloned(),
         };
         self.loaded = Some((state.clone(), cm));
         Ok(state)
@@ -90,6 +95,9 @@ impl Store {
         }
         if let Some(l) = &state.imagelist {
             data.insert("imagelist".to_owned(), l.clone());
+        }
+        if let Some(r) = &state.retry {
+            data.insert("retry".to_owned(), r.clone());
         }
         let mut cm = cm.clone();
         cm.data = Some(data);
