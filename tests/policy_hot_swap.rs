@@ -115,15 +115,9 @@ fn an_in_flight_call_finishes_on_the_old_version() {
 
 #[test]
 fn golden_cases_gate_a_swap() {
-    use scour::policy::golden::Case;
-    let dir = tempfile::tempdir().unwrap();
-    let case = dir.path().join("keep-in-use.yaml");
-    std::fs::write(
-        &case,
+    let cases = golden_case(
         "name: in-use images are kept\ncontext: {now: 1}\nimages: [{id: a, inUse: true}]\nexpect: [{image: a, action: keep}]\n",
-    )
-    .unwrap();
-    let cases = Case::load_all(&[case]).unwrap();
+    );
     let engine = PolicyEngine::new(Limits::production(), None).unwrap();
     let handle = handle_with_default(&engine);
     let err = handle
@@ -139,20 +133,14 @@ fn golden_cases_gate_a_swap() {
 
 #[test]
 fn a_case_without_settings_tests_the_defaults_not_the_candidates_settings() {
-    use scour::policy::golden::Case;
-    let dir = tempfile::tempdir().unwrap();
-    let case = dir.path().join("medium.yaml");
     // With default settings a MEDIUM finding removes the image.
-    std::fs::write(
-        &case,
+    let cases = golden_case(
         "name: a MEDIUM finding removes an image
 context: {now: 1}
 \
          images: [{id: a, scan: {status: scanned, vulns: [{id: CVE-1, pkg: p, installed: '1', severity: MEDIUM}]}}]\n\
          expect: [{image: a, action: remove}]\n",
-    )
-    .unwrap();
-    let cases = Case::load_all(&[case]).unwrap();
+    );
     let engine = PolicyEngine::new(Limits::production(), None).unwrap();
     let handle = handle_with_default(&engine);
     // The candidate's own settings would keep the image; the case still passes.
@@ -165,6 +153,14 @@ context: {now: 1}
         )
         .expect("the case runs with the policy's defaults");
     assert_eq!(swapped.settings(), r#"{"severities":["CRITICAL"]}"#);
+}
+
+/// One golden case, written to a file and loaded as the harness loads it.
+fn golden_case(yaml: &str) -> Vec<scour::policy::golden::Case> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("case.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    scour::policy::golden::Case::load_all(&[path]).unwrap()
 }
 
 /// Lays out a policy like a Kubernetes ConfigMap volume: the visible files

@@ -404,6 +404,30 @@ fn system_excluded_images_survive_a_policy_that_removes_everything() {
     assert_eq!(run.report()["policy"]["name"], "hostile-remove-all");
 }
 
+/// Runs a pass whose policy spins for `spin` loop iterations in `decide`
+/// and then removes everything, and calls `act` while it spins: the
+/// snapshot is written just before decide, so its appearance is the cue.
+fn while_deciding(node: &TestNode, spin: &str, act: impl FnOnce(&TestNode)) -> Run {
+    let snapshot = node.work.path().join("snapshot.yaml");
+    let spin = node.file("spin.txt", spin);
+    let (child, report) = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(hostile("slow_remove_all"))
+        .arg("--settings")
+        .arg(&spin)
+        .args(["--policy-timeout", "120s", "--snapshot-out"])
+        .arg(&snapshot)
+        .spawn();
+    wait_for(&snapshot, Duration::from_secs(60));
+    act(node);
+    let output = child.wait_with_output().unwrap();
+    Run {
+        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
+        output,
+    }
+}
+
 /// Waits for a file to appear (written atomically by the worker).
 fn wait_for(path: &Path, limit: Duration) {
     let started = Instant::now();
@@ -420,29 +444,13 @@ fn a_container_created_between_decide_and_remove_keeps_its_image() {
         ("target", runnable_vulnerable("localhost/test/target:1", "target")),
         ("other", clean("localhost/test/other:1", "other")),
     ]);
-    let snapshot = node.work.path().join("snapshot.yaml");
-    let spin = node.file("spin.txt", "4000000000");
-    let (child, report) = node
-        .worker(scour())
-        .arg("--policy")
-        .arg(hostile("slow_remove_all"))
-        .arg("--settings")
-        .arg(&spin)
-        .args(["--policy-timeout", "120s", "--snapshot-out"])
-        .arg(&snapshot)
-        .spawn();
-    // The snapshot is written just before decide; the slow policy then spins.
-    wait_for(&snapshot, Duration::from_secs(60));
     let target = node.id("target");
-    block_on(async {
-        let pod = node.ctd.run_pod("late").await.unwrap();
-        node.ctd.create_container(&pod, &target, "late", false).await.unwrap();
+    let run = while_deciding(&node, "4000000000", |node| {
+        block_on(async {
+            let pod = node.ctd.run_pod("late").await.unwrap();
+            node.ctd.create_container(&pod, &target, "late", false).await.unwrap();
+        });
     });
-    let output = child.wait_with_output().unwrap();
-    let run = Run {
-        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
-        output,
-    };
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     assert_verdict(
         &run,
@@ -462,29 +470,14 @@ fn an_image_removed_by_someone_else_meanwhile_is_reported_not_found() {
         ("gone", clean("localhost/test/gone:1", "gone")),
         ("other", clean("localhost/test/other:1", "other")),
     ]);
-    let snapshot = node.work.path().join("snapshot.yaml");
-    let spin = node.file("spin.txt", "3000000000");
-    let (child, report) = node
-        .worker(scour())
-        .arg("--policy")
-        .arg(hostile("slow_remove_all"))
-        .arg("--settings")
-        .arg(&spin)
-        .args(["--policy-timeout", "120s", "--snapshot-out"])
-        .arg(&snapshot)
-        .spawn();
-    wait_for(&snapshot, Duration::from_secs(60));
     // Someone else removes it through CRI while the policy decides.
     let gone = node.id("gone");
-    block_on(async {
-        let cri = node.ctd.cri_client().await.unwrap();
-        cri.remove_image(&gone).await.unwrap();
+    let run = while_deciding(&node, "3000000000", |node| {
+        block_on(async {
+            let cri = node.ctd.cri_client().await.unwrap();
+            cri.remove_image(&gone).await.unwrap();
+        });
     });
-    let output = child.wait_with_output().unwrap();
-    let run = Run {
-        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
-        output,
-    };
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     let img = run.report()["images"]
         .as_array()

@@ -72,20 +72,13 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scour_policy_sdk::ScanOutcome;
 
     fn image(tags: &[&str]) -> Image {
         Image {
             id: "sha256:x".into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            digests: vec![],
             size: 1,
-            pinned: false,
-            in_use: false,
-            first_seen: 0,
-            scan: ScanOutcome::NotScanned,
-            excluded_by: None,
-            listed_by: None,
+            ..Default::default()
         }
     }
 

@@ -144,14 +144,7 @@ mod tests {
         Image {
             id: id.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            digests: vec![],
-            size: 0,
-            pinned: false,
-            in_use: false,
-            first_seen: 0,
-            scan: ScanOutcome::NotScanned,
-            excluded_by: None,
-            listed_by: None,
+            ..Default::default()
         }
     }
 

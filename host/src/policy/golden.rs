@@ -331,14 +331,11 @@ fn probe_snapshot() -> Snapshot {
     let image = |n: u8, tag: &str, in_use: bool, scan: ScanOutcome| Image {
         id: format!("sha256:{}", format!("{n:02x}").repeat(32)),
         tags: vec![tag.to_owned()],
-        digests: Vec::new(),
         size: 10 << 20,
-        pinned: false,
         in_use,
         first_seen: 1_700_000_000,
         scan,
-        excluded_by: None,
-        listed_by: None,
+        ..Default::default()
     };
     let clean = ScanOutcome::Scanned(ScanReport::new(
         Some(OsInfo {

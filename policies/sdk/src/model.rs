@@ -202,7 +202,7 @@ impl TryFrom<RawScan> for ScanOutcome {
 }
 
 /// One image on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Image {
     pub id: String,

@@ -35,14 +35,10 @@ pub fn small_node() -> Snapshot {
     let image = |n: u64, tag: &str, scan: ScanOutcome| Image {
         id: image_id(n),
         tags: vec![tag.to_owned()],
-        digests: Vec::new(),
         size: 5 << 20,
-        pinned: false,
-        in_use: false,
         first_seen: NOW - 86_400,
         scan,
-        excluded_by: None,
-        listed_by: None,
+        ..Default::default()
     };
     let mut in_use = image(
         4,
