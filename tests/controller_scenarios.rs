@@ -189,6 +189,12 @@ fn summary(node: &str, removed: usize) -> String {
     serde_json::to_string(&s).unwrap()
 }
 
+/// The scenario config with automatic runs switched off
+/// (`components.collector.enabled: false`): only ImageLists start runs.
+fn automatic_off() -> String {
+    CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner")
+}
+
 fn seed_imagelist() -> ImageList {
     serde_yaml::from_str(SEED_IMAGELIST).expect("the seed ImageList parses")
 }
@@ -405,7 +411,7 @@ async fn only_the_newest_records_are_kept() {
 
 #[tokio::test]
 async fn an_applied_imagelist_leads_to_a_run_and_then_to_its_status() {
-    let mut config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let mut config = automatic_off();
     config = config.replace("beginImmediately: true", "beginImmediately: false");
     let mut c = Cluster::new(nodes(3), &config).await;
     assert_eq!(c.tick().await, Tick::Idle, "no automatic run while it is disabled");
@@ -450,7 +456,7 @@ async fn an_applied_imagelist_leads_to_a_run_and_then_to_its_status() {
 
 #[tokio::test]
 async fn a_spec_change_during_a_run_is_queued_and_runs_next() {
-    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let config = automatic_off();
     let mut c = Cluster::new(nodes(2), &config).await;
     let lists: Api<ImageList> = Api::all(c.client());
     lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
@@ -475,7 +481,7 @@ async fn a_spec_change_during_a_run_is_queued_and_runs_next() {
 
 #[tokio::test]
 async fn deleting_and_recreating_the_imagelist_triggers_again() {
-    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let config = automatic_off();
     let mut c = Cluster::new(nodes(1), &config).await;
     let lists: Api<ImageList> = Api::all(c.client());
     lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
@@ -493,7 +499,7 @@ async fn deleting_and_recreating_the_imagelist_triggers_again() {
 
 #[tokio::test]
 async fn an_imagelist_with_another_name_is_ignored_with_an_event() {
-    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let config = automatic_off();
     let mut c = Cluster::new(nodes(1), &config).await;
     let mut other = seed_imagelist();
     other.metadata.name = Some("my-list".into());
@@ -693,7 +699,7 @@ async fn disabling_stops_scheduling_and_keeps_the_interval() {
     let mut c = Cluster::new(nodes(1), CONFIG).await;
     started(c.tick().await);
     c.run_to_completion(0).await;
-    let disabled = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let disabled = automatic_off();
     c.set_config(&disabled);
     c.advance(48 * 3600);
     assert_eq!(c.tick().await, Tick::Idle, "disabled: no run however long we wait");
@@ -810,7 +816,7 @@ fn validate(schema: &serde_json::Value, value: &serde_json::Value, path: &str) -
 
 #[tokio::test]
 async fn deleting_the_imagelist_mid_run_lets_the_run_finish_without_writing_status() {
-    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let config = automatic_off();
     let mut c = Cluster::new(nodes(2), &config).await;
     let lists: Api<ImageList> = Api::all(c.client());
     lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
@@ -1032,7 +1038,7 @@ async fn a_run_that_failed_closed_runs_again_once_the_exclusion_list_is_fixed() 
 
 #[tokio::test]
 async fn a_manual_run_that_failed_closed_runs_again_once_the_exclusion_list_is_fixed() {
-    let config = CONFIG.replace("enabled: true\n  scanner", "enabled: false\n  scanner");
+    let config = automatic_off();
     let mut c = Cluster::new(nodes(1), &config).await;
     c.fake
         .seed(&config_map("excluded", "sample", r#"{"excluded": []}"#, true));

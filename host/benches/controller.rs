@@ -208,14 +208,7 @@ impl Controller {
     }
 
     fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib * 1024
+        scour::report::peak_rss_bytes_of(&self.0.id().to_string()).expect("VmHWM in /proc/PID/status")
     }
 
     fn stop(&mut self) {

@@ -364,7 +364,12 @@ fn json_len<T: Serialize>(value: &T) -> usize {
 
 /// This process's peak resident set size, from `/proc/self/status`.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_bytes_of("self")
+}
+
+/// A process's peak resident set size (VmHWM); `process` is a PID or `self`.
+pub fn peak_rss_bytes_of(process: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)

@@ -184,7 +184,7 @@ pub struct ImageJobStatus {
 }
 
 /// What happened on one node.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeResult {
     pub name: String,
@@ -222,9 +222,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub enum NodePhase {
     /// Waiting for a rollout slot.
+    #[default]
     Queued,
     /// The worker pod exists and has not finished.
     Running,

@@ -27,7 +27,6 @@ struct Inner {
     duration_sum: f64,
     leader: bool,
     config_valid: bool,
-    last_tick_unix: i64,
 }
 
 /// One finished run, as the metrics see it.
@@ -64,14 +63,6 @@ impl Metrics {
 
     pub fn set_config_valid(&self, valid: bool) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).config_valid = valid;
-    }
-
-    pub fn ticked(&self, unix: i64) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).last_tick_unix = unix;
-    }
-
-    pub fn last_tick_unix(&self) -> i64 {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).last_tick_unix
     }
 
     pub fn render(&self) -> String {

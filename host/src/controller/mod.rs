@@ -6,6 +6,7 @@
 //! pods within the rollout cap → collect each pod's termination summary →
 //! report (ImageJob and ImageList status, events, metrics) → clean up pods.
 
+mod api;
 pub mod crd;
 mod error;
 mod lease;

@@ -8,12 +8,12 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
 
+use super::api::each_page;
 use super::error::{Error, Result, api_code};
 use crate::config::Loaded;
 
 /// Always part of the node filter, as in Eraser.
 pub const CLEANUP_FILTER_LABEL: &str = "eraser.sh/cleanup.filter";
-const PAGE: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -23,10 +23,8 @@ pub struct Candidate {
     pub skip: Option<String>,
 }
 
-/// Every node, each either selected or skipped with a reason. Nodes are
-/// read a page at a time and reduced to name and labels at once: a Node
-/// object carries the node's whole image list, and a controller over a
-/// thousand nodes must stay small.
+/// Every node, each either selected or skipped with a reason, reduced to
+/// name and labels as it is read.
 pub async fn select(api: &Api<Node>, loaded: &Loaded, config_map: &str) -> Result<Vec<Candidate>> {
     let filter = &loaded.config.manager.node_filter;
     let include = filter.kind.as_deref() == Some("include");
@@ -36,35 +34,32 @@ pub async fn select(api: &Api<Node>, loaded: &Loaded, config_map: &str) -> Resul
     }
     let mut matched: BTreeMap<String, String> = BTreeMap::new();
     for (i, selector) in selectors.iter().enumerate() {
-        let mut params = ListParams::default().limit(PAGE).labels(selector);
-        loop {
-            let page = api.list_metadata(&params).await.map_err(|e| match api_code(&e) {
-                Some(400) => Error::Config {
-                    config_map: config_map.to_owned(),
-                    message: format!(
-                        "manager.nodeFilter.selectors[{i}]: {selector:?} is not a valid label selector ({e})"
-                    ),
-                },
-                _ => e.into(),
-            })?;
-            for n in page.items {
+        let params = ListParams::default().labels(selector);
+        each_page(
+            params,
+            |p| async move { api.list_metadata(&p).await },
+            |n| {
                 if let Some(name) = n.metadata.name {
                     matched.entry(name).or_insert_with(|| selector.clone());
                 }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
-            }
-        }
+            },
+        )
+        .await
+        .map_err(|e| match api_code(&e) {
+            Some(400) => Error::Config {
+                config_map: config_map.to_owned(),
+                message: format!("manager.nodeFilter.selectors[{i}]: {selector:?} is not a valid label selector ({e})"),
+            },
+            _ => e.into(),
+        })?;
     }
     let mut out = Vec::new();
-    let mut params = ListParams::default().limit(PAGE);
-    loop {
-        let page = api.list(&params).await?;
-        for node in page.items {
+    each_page(
+        ListParams::default(),
+        |p| async move { api.list(&p).await },
+        |node| {
             let Some(name) = node.metadata.name.clone() else {
-                continue;
+                return;
             };
             let skip = unsupported(&node).or_else(|| match (include, matched.get(&name)) {
                 (false, Some(sel)) => Some(format!("matches node filter {sel:?}")),
@@ -76,12 +71,9 @@ pub async fn select(api: &Api<Node>, loaded: &Loaded, config_map: &str) -> Resul
                 name,
                 skip,
             });
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
-    }
+        },
+    )
+    .await?;
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }

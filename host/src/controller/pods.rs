@@ -49,7 +49,6 @@ pub struct WorkerTemplate {
     pub extra_labels: BTreeMap<String, String>,
     pub pull_secrets: Vec<String>,
     pub priority_class: Option<String>,
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,9 +248,6 @@ impl WorkerTemplate {
             });
             mounts.push(mount("imagelist", IMAGELIST_DIR, true));
             args.push(format!("--imagelist={IMAGELIST_DIR}/images.json"));
-        }
-        if self.dry_run {
-            args.push("--dry-run".into());
         }
         let node_labels: Vec<String> = node_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let env = vec![

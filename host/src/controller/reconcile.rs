@@ -13,11 +13,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use sha2::Digest;
 
+use super::api::{delete_if_present, each_page};
 use super::crd::{
     ImageJob, ImageJobSpec, ImageJobStatus, ImageList, ImageListStatus, JobPhase, NodePhase, NodeResult, RolloutSpec,
     Trigger,
@@ -41,7 +42,6 @@ const LABEL_ACTIVE: &str = "scour.dev/active";
 /// On a finished ImageJob: when its pods go, and that they are gone.
 const ANNOTATION_DELETE_AFTER: &str = "scour.dev/delete-after";
 const ANNOTATION_PODS_DELETED: &str = "scour.dev/pods-deleted";
-const PAGE: u32 = 100;
 /// etcd refuses objects over 1.5 MiB; per-node image lists are trimmed to
 /// keep the ImageJob status under this (counts stay exact).
 const STATUS_BUDGET: usize = 800 * 1024;
@@ -103,6 +103,13 @@ struct Started {
     failed_closed: Option<String>,
 }
 
+/// What a run is started with; see [`Controller::prepare`].
+struct Prepared {
+    candidates: Vec<Candidate>,
+    worker_image: Option<String>,
+    plan: Result<Plan>,
+}
+
 struct Plan {
     template: WorkerTemplate,
     labels: HashMap<String, BTreeMap<String, String>>,
@@ -153,7 +160,6 @@ impl Controller {
     }
 
     pub async fn tick(&mut self, now: Timestamp) -> Result<Tick> {
-        self.metrics.ticked(now.as_second());
         let leading = self.elector.try_lead(now).await;
         self.metrics.set_leader(matches!(leading, Ok(true)));
         if !leading? {
@@ -188,9 +194,9 @@ impl Controller {
         Ok(outcome)
     }
 
-    async fn load_config(&self) -> Result<Loaded> {
+    async fn load_config(&mut self) -> Result<Loaded> {
         let bad = |message: String| Error::Config {
-            config_map: format!("{}/{}", self.opts.namespace, self.opts.config_map),
+            config_map: self.opts.config_map.clone(),
             message,
         };
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.opts.namespace);
@@ -205,10 +211,9 @@ impl Controller {
             .ok_or_else(|| bad(format!("no key {CONFIG_KEY}")))?;
         let loaded = Loaded::parse(text).map_err(bad)?;
         for w in &loaded.warnings {
-            if self.reported.contains(w) {
-                continue;
+            if self.reported.insert(format!("warning:{w}")) {
+                tracing::warn!(config_map = %self.opts.config_map, "{w}");
             }
-            tracing::warn!(config_map = %self.opts.config_map, "{w}");
         }
         Ok(loaded)
     }
@@ -219,13 +224,7 @@ impl Controller {
             return;
         }
         tracing::error!(%config_map, "invalid config, no run starts until it is fixed: {message}");
-        let target = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("ConfigMap".into()),
-            name: Some(self.opts.config_map.clone()),
-            namespace: Some(self.opts.namespace.clone()),
-            ..Default::default()
-        };
+        let target = self.config_map_ref(&self.opts.config_map);
         self.event(target, true, "InvalidConfig", message, now).await;
     }
 
@@ -252,11 +251,7 @@ impl Controller {
             )
         };
         if let Some(list) = &list {
-            let version = format!(
-                "{}/{}",
-                list.uid().unwrap_or_default(),
-                list.meta().generation.unwrap_or(0)
-            );
+            let version = list_version(list);
             if state.imagelist.as_deref() != Some(version.as_str()) {
                 let started = self
                     .start(&manual_name(list), Trigger::Manual, Some(list), loaded, now)
@@ -351,15 +346,20 @@ impl Controller {
                 failed_closed: None,
             });
         }
-        let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
+        // Everything the run needs is read before its ImageJob exists: an
+        // API error here creates nothing, and the next tick tries again.
+        let Prepared {
+            candidates,
+            worker_image,
+            plan,
+        } = self.prepare(loaded, now).await?;
         let (success_delay, failure_delay) = loaded.cleanup_delays();
         let selected = candidates.iter().filter(|c| c.skip.is_none()).count();
-        let worker_image = pods::worker_image(loaded, self.opts.worker_image.as_deref(), &self.opts.config_map);
         let spec = ImageJobSpec {
             trigger,
             images: list.map(|l| l.spec.images.clone()).unwrap_or_default(),
             policy_sha256: loaded.config.scour.policy.sha256.clone(),
-            worker_image: worker_image.as_ref().cloned().unwrap_or_default(),
+            worker_image: worker_image.unwrap_or_default(),
             rollout: RolloutSpec {
                 max_concurrency: loaded.max_concurrency().of(selected) as i64,
                 pending_timeout_seconds: loaded.pending_timeout().as_secs() as i64,
@@ -375,10 +375,7 @@ impl Controller {
             (LABEL_ACTIVE.to_owned(), "true".to_owned()),
         ]));
         if let Some(l) = list {
-            job.metadata.annotations = Some(BTreeMap::from([(
-                ANNOTATION_IMAGELIST.to_owned(),
-                format!("{}/{}", l.uid().unwrap_or_default(), l.meta().generation.unwrap_or(0)),
-            )]));
+            job.metadata.annotations = Some(BTreeMap::from([(ANNOTATION_IMAGELIST.to_owned(), list_version(l))]));
         }
         let job = match api.create(&PostParams::default(), &job).await {
             Ok(job) => job,
@@ -405,14 +402,10 @@ impl Controller {
                         NodePhase::Queued
                     },
                     message: c.skip.clone(),
-                    ..empty_node(&c.name)
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
-        };
-        let plan = match (worker_image, self.exclusions(now).await) {
-            (Ok(image), Ok((system, user))) => Ok(self.plan(loaded, image, system, user, &candidates, &job)),
-            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let target = job.object_ref(&());
         let mut failed_closed = None;
@@ -481,7 +474,7 @@ impl Controller {
     /// run must not go ahead with half its exclusions.
     async fn exclusions(&mut self, now: Timestamp) -> Result<(Option<String>, Vec<String>)> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let system_name = &self.opts.system_exclusion_config_map;
+        let system_name = &self.opts.system_exclusion_config_map.clone();
         let system = match api.get_opt(system_name).await? {
             Some(cm) => {
                 check_exclusions(&cm)?;
@@ -493,13 +486,7 @@ impl Controller {
                         "system exclusion ConfigMap {system_name} not found; workers still protect in-use, pinned and sandbox images"
                     );
                     tracing::warn!("{message}");
-                    let target = ObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("ConfigMap".into()),
-                        name: Some(system_name.clone()),
-                        namespace: Some(self.opts.namespace.clone()),
-                        ..Default::default()
-                    };
+                    let target = self.config_map_ref(system_name);
                     self.event(target, true, "MissingSystemExclusions", &message, now).await;
                 }
                 None
@@ -514,6 +501,28 @@ impl Controller {
         Ok((system, user))
     }
 
+    /// The nodes, the worker image and the exclusions for a run. API errors
+    /// are returned; a worker image or exclusion list that cannot be used is
+    /// the plan's error, which fails the run closed.
+    async fn prepare(&mut self, loaded: &Loaded, now: Timestamp) -> Result<Prepared> {
+        let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
+        let image = pods::worker_image(loaded, self.opts.worker_image.as_deref(), &self.opts.config_map);
+        let worker_image = image.as_ref().ok().cloned();
+        let plan = match image {
+            Err(e) => Err(e),
+            Ok(image) => match self.exclusions(now).await {
+                Ok((system, user)) => Ok(self.plan(loaded, image, system, user, &candidates)),
+                Err(e @ Error::Kube(_)) => return Err(e),
+                Err(e) => Err(e),
+            },
+        };
+        Ok(Prepared {
+            candidates,
+            worker_image,
+            plan,
+        })
+    }
+
     fn plan(
         &self,
         loaded: &Loaded,
@@ -521,7 +530,6 @@ impl Controller {
         system: Option<String>,
         user: Vec<String>,
         candidates: &[Candidate],
-        job: &ImageJob,
     ) -> Plan {
         let m = &loaded.config.manager;
         let template = WorkerTemplate {
@@ -538,9 +546,7 @@ impl Controller {
             extra_labels: m.additional_pod_labels.clone(),
             pull_secrets: m.pull_secrets.clone(),
             priority_class: m.priority_class_name.clone().filter(|p| !p.is_empty()),
-            dry_run: false,
         };
-        let _ = job;
         Plan {
             template,
             labels: candidates
@@ -586,11 +592,7 @@ impl Controller {
                         };
                         // 0 means no limit (records written before the field existed).
                         if limit > 0 && waited >= limit {
-                            match pods_api.delete(&pod.name, &DeleteParams::default()).await {
-                                Ok(_) => {}
-                                Err(e) if api_code(&e) == Some(404) => {}
-                                Err(e) => return Err(e.into()),
-                            }
+                            delete_if_present(&pods_api, &pod.name).await?;
                             n.phase = NodePhase::Failed;
                             n.finished = Some(Time(now));
                             let why = if pending { pod.waiting.as_ref() } else { None };
@@ -675,15 +677,12 @@ impl Controller {
             tracing::warn!(job = %job.name_any(), "queued nodes wait: the config is invalid");
             return Ok(());
         };
-        let image = pods::worker_image(loaded, self.opts.worker_image.as_deref(), &self.opts.config_map);
-        let exclusions = self.exclusions(now).await;
-        let (Ok(image), Ok((system, user))) = (image, exclusions) else {
-            tracing::warn!(job = %job.name_any(), "queued nodes wait: the worker image or the exclusions are invalid");
-            return Ok(());
-        };
-        let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
-        let plan = self.plan(loaded, image, system, user, &candidates, job);
-        self.plans.insert(job.name_any(), plan);
+        match self.prepare(loaded, now).await?.plan {
+            Ok(plan) => {
+                self.plans.insert(job.name_any(), plan);
+            }
+            Err(e) => tracing::warn!(job = %job.name_any(), "queued nodes wait: {e}"),
+        }
         Ok(())
     }
 
@@ -816,19 +815,17 @@ impl Controller {
     /// The run's pods, a page at a time, each reduced to what the run needs.
     async fn pod_views(&self, api: &Api<Pod>, job: &str) -> Result<HashMap<String, PodView>> {
         let mut out = HashMap::new();
-        let mut params = ListParams::default().labels(&format!("{LABEL_JOB}={job}")).limit(PAGE);
-        loop {
-            let page = api.list(&params).await?;
-            for pod in page.items {
+        let params = ListParams::default().labels(&format!("{LABEL_JOB}={job}"));
+        each_page(
+            params,
+            |p| async move { api.list(&p).await },
+            |pod| {
                 if let Some((node, view)) = PodView::of(pod) {
                     out.insert(node, view);
                 }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
-            }
-        }
+            },
+        )
+        .await?;
         Ok(out)
     }
 
@@ -855,11 +852,7 @@ impl Controller {
                     .list_metadata(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
                     .await?;
                 for pod in pods.items {
-                    match pods_api.delete(&pod.name_any(), &DeleteParams::default()).await {
-                        Ok(_) => {}
-                        Err(e) if api_code(&e) == Some(404) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    delete_if_present(&pods_api, &pod.name_any()).await?;
                 }
                 if !expired {
                     let params = PatchParams::apply(FIELD_MANAGER);
@@ -872,14 +865,20 @@ impl Controller {
                 self.plans.remove(&name);
             }
             if expired {
-                match jobs_api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(e) if api_code(&e) == Some(404) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                delete_if_present(&jobs_api, &name).await?;
             }
         }
         Ok(())
+    }
+
+    fn config_map_ref(&self, name: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            name: Some(name.to_owned()),
+            namespace: Some(self.opts.namespace.clone()),
+            ..Default::default()
+        }
     }
 
     /// Records a Kubernetes Event; failures are logged, never fatal.
@@ -918,23 +917,6 @@ impl Controller {
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(%reason, "recording an event failed: {e}");
         }
-    }
-}
-
-fn empty_node(name: &str) -> NodeResult {
-    NodeResult {
-        name: name.to_owned(),
-        phase: NodePhase::Queued,
-        pod: None,
-        started: None,
-        finished: None,
-        message: None,
-        status: None,
-        summary: None,
-        removed: Vec::new(),
-        failed: Vec::new(),
-        errors: Vec::new(),
-        omitted: 0,
     }
 }
 
@@ -1086,6 +1068,16 @@ fn fit_budget(status: &mut ImageJobStatus) {
     }
 }
 
+/// `uid/generation`: a spec version of an ImageList; a re-created list is a
+/// new version even with the same images.
+fn list_version(list: &ImageList) -> String {
+    format!(
+        "{}/{}",
+        list.uid().unwrap_or_default(),
+        list.meta().generation.unwrap_or(0)
+    )
+}
+
 fn add(t: Timestamp, d: Duration) -> Timestamp {
     t.checked_add(d).unwrap_or(Timestamp::MAX)
 }
@@ -1115,7 +1107,8 @@ mod tests {
                         ..Default::default()
                     }),
                     removed: vec![entry.clone(); 40],
-                    ..empty_node(&format!("node-{i}"))
+                    name: format!("node-{i}"),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
