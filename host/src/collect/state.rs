@@ -31,24 +31,9 @@ impl FirstSeen {
             return Self::default();
         };
         let path = dir.join(FILE);
-        let images = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<OnDisk>(&bytes) {
-                Ok(d) if d.version == VERSION => d.images,
-                Ok(d) => {
-                    tracing::warn!(path = %path.display(), version = d.version, "unknown first-seen state version; starting afresh");
-                    BTreeMap::new()
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "corrupt first-seen state; starting afresh");
-                    BTreeMap::new()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read first-seen state; starting afresh");
-                BTreeMap::new()
-            }
-        };
+        let images = crate::fsutil::read_state(&path, "first-seen state", VERSION, |d: &OnDisk| d.version)
+            .map(|d| d.images)
+            .unwrap_or_default();
         Self {
             path: Some(path),
             images,
@@ -78,9 +63,7 @@ impl FirstSeen {
             version: VERSION,
             images: self.images.clone(),
         };
-        if let Err(e) = crate::fsutil::write_atomically(path, &serde_json::to_vec(&data).unwrap_or_default()) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save first-seen state");
-        }
+        crate::fsutil::write_state(path, "first-seen state", &data);
     }
 }
 

@@ -34,16 +34,7 @@ impl ScanCache {
             return Self::default();
         };
         let path = dir.join(FILE);
-        let data = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<OnDisk>(&bytes) {
-                Ok(d) if d.version == VERSION => d,
-                Ok(_) | Err(_) => {
-                    tracing::warn!(path = %path.display(), "unreadable scan cache; starting afresh");
-                    OnDisk::default()
-                }
-            },
-            Err(_) => OnDisk::default(),
-        };
+        let data = crate::fsutil::read_state(&path, "scan cache", VERSION, |d: &OnDisk| d.version).unwrap_or_default();
         Self { path: Some(path), data }
     }
 
@@ -84,14 +75,7 @@ impl ScanCache {
             key: self.data.key.clone(),
             entries: self.data.entries.clone(),
         };
-        match serde_json::to_vec(&data) {
-            Ok(bytes) => {
-                if let Err(e) = crate::fsutil::write_atomically(path, &bytes) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot save the scan cache");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot serialise the scan cache"),
-        }
+        crate::fsutil::write_state(path, "scan cache", &data);
     }
 }
 
