@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use scour::policy::{
     AnswerError, Call, Error, Limits, LoadedPolicy, PolicyEngine, PolicyHandle, embedded_default_policy,
 };
+use scour_policy_sdk::Action;
 use scour_testkit::guests::hostile_guest;
 use scour_testkit::nodes::small_node;
 
@@ -200,4 +201,21 @@ fn a_trap_does_not_poison_later_calls() {
             .expect("each call gets a fresh store");
         assert_eq!(set.decisions.len(), node.images.len());
     }
+}
+
+#[test]
+fn images_a_policy_says_nothing_about_are_kept() {
+    let engine = engine();
+    let silent = LoadedPolicy::load(&engine, &hostile_guest("silent"), "silent", "").unwrap();
+    let node = small_node();
+    let set = silent
+        .decide(&node.context, &node.images)
+        .expect("an empty answer is valid");
+    assert_eq!(set.decisions.len(), node.images.len(), "one verdict per image offered");
+    for (decision, image) in set.decisions.iter().zip(&node.images) {
+        assert_eq!(decision.id, image.id, "verdicts stay in input order");
+        assert_eq!(decision.action, Action::Keep, "{}", image.id);
+        assert_eq!(decision.reason, "no decision from policy");
+    }
+    assert!(silent.select(&node.context, &node.images).unwrap().is_empty());
 }
