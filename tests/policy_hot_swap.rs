@@ -288,6 +288,61 @@ fn the_artifact_cache_serves_a_second_load_and_survives_corruption() {
 }
 
 #[test]
+fn the_artifact_cache_evicts_the_least_recently_used_beyond_its_budget() {
+    let [a, b, c] = [
+        embedded_default_policy().to_vec(),
+        hostile_guest("remove_all"),
+        hostile_guest("silent"),
+    ];
+    // Learn the artifacts' sizes in an unbounded cache first.
+    let sizes = tempfile::tempdir().unwrap();
+    let probe = ArtifactCache::with_max_bytes(sizes.path(), u64::MAX);
+    let engine = PolicyEngine::new(Limits::production(), Some(probe.clone())).unwrap();
+    let size = |bytes: &[u8]| {
+        let policy = LoadedPolicy::load(&engine, bytes, "probe", "").unwrap();
+        std::fs::metadata(probe.path_for(policy.digest(), engine.compatibility()))
+            .unwrap()
+            .len()
+    };
+    // Room for a and either of the others, not for all three.
+    let budget = size(&a) + size(&b).max(size(&c));
+
+    // Load a, then b, use a again, then load c.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ArtifactCache::with_max_bytes(dir.path(), budget);
+    let engine = PolicyEngine::new(Limits::production(), Some(cache.clone())).unwrap();
+    let artifact = |bytes: &[u8]| cache.path_for(&digest_of(bytes), engine.compatibility());
+    let load = |bytes: &[u8]| {
+        let policy = LoadedPolicy::load(&engine, bytes, "policy", "").unwrap();
+        // Eviction goes by mtime; keep each step apart.
+        std::thread::sleep(Duration::from_millis(20));
+        policy.stats().from_cache
+    };
+    assert!(!load(&a));
+    assert!(!load(&b));
+    assert!(load(&a), "a second load of a is a hit, and counts as a use");
+    assert!(!load(&c));
+    assert!(artifact(&a).is_file(), "recently used: kept");
+    assert!(artifact(&c).is_file(), "just written: kept");
+    assert!(!artifact(&b).exists(), "least recently used: evicted");
+    assert!(!load(&b), "an evicted policy compiles again");
+
+    // A budget smaller than one artifact still keeps the newest.
+    let tiny = tempfile::tempdir().unwrap();
+    let cache = ArtifactCache::with_max_bytes(tiny.path(), 1);
+    let engine = PolicyEngine::new(Limits::production(), Some(cache.clone())).unwrap();
+    for bytes in [&a, &b] {
+        LoadedPolicy::load(&engine, bytes, "policy", "").unwrap();
+    }
+    let left: Vec<_> = std::fs::read_dir(tiny.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left, vec![cache.path_for(&digest_of(&b), engine.compatibility())]);
+}
+
+#[test]
 fn a_pinned_watcher_swaps_only_to_the_pinned_digest() {
     use scour::policy::DigestPin;
     let dir = tempfile::tempdir().unwrap();

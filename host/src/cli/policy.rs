@@ -125,6 +125,10 @@ pub struct PolicyArgs {
     /// Where compiled policies are cached [default: $XDG_CACHE_HOME/scour/policies].
     #[arg(long, env = "SCOUR_POLICY_CACHE_DIR", value_name = "DIR")]
     pub policy_cache_dir: Option<PathBuf>,
+    /// Size budget of the compiled-policy cache; the least recently used ones
+    /// beyond it are deleted.
+    #[arg(long, env = "SCOUR_POLICY_CACHE_SIZE", default_value = "512MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub policy_cache_size: u64,
     /// Compile the policy every time instead of using the cache.
     #[arg(long, env = "SCOUR_NO_POLICY_CACHE")]
     pub no_policy_cache: bool,
@@ -159,7 +163,7 @@ impl PolicyArgs {
         self.policy_cache_dir
             .clone()
             .or_else(ArtifactCache::default_dir)
-            .map(ArtifactCache::new)
+            .map(|dir| ArtifactCache::with_max_bytes(dir, self.policy_cache_size))
     }
 
     /// Production limits: the deadline and memory cap from the flags.
