@@ -345,7 +345,28 @@ async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_nee
         !args.iter().any(|a| a.starts_with("--imagelist")),
         "automatic runs have no list"
     );
+    assert_eq!(env_value(pod, "SCOUR_LOG"), None, "no logLevel: the worker's default");
     parses_as_a_worker(pod);
+}
+
+#[tokio::test]
+async fn workers_log_at_the_configured_level() {
+    let config = CONFIG.replacen("manager:\n", "manager:\n  logLevel: scour=debug,warn\n", 1);
+    let mut c = Cluster::new(nodes(1), &config).await;
+    started(c.tick().await);
+    c.advance(5);
+    c.tick().await;
+    let pods = c.pods();
+    assert_eq!(env_value(&pods[0], "SCOUR_LOG").as_deref(), Some("scour=debug,warn"));
+}
+
+fn env_value(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec.as_ref()?.containers[0]
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
 }
 
 /// The pod's command line is one the real `scour worker` accepts.

@@ -122,7 +122,8 @@ pub struct PolicyArgs {
     /// Memory cap for each policy call, e.g. 64MiB.
     #[arg(long, env = "SCOUR_POLICY_MEMORY", default_value = "64MiB", value_parser = parse_bytes, value_name = "SIZE")]
     pub policy_memory: u64,
-    /// Where compiled policies are cached [default: $XDG_CACHE_HOME/scour/policies].
+    /// Where compiled policies are cached [default: $XDG_CACHE_HOME/scour/policies;
+    /// for `scour worker`, policy-cache/ in --state-dir].
     #[arg(long, env = "SCOUR_POLICY_CACHE_DIR", value_name = "DIR")]
     pub policy_cache_dir: Option<PathBuf>,
     /// Size budget of the compiled-policy cache; the least recently used ones

@@ -49,6 +49,8 @@ pub struct WorkerTemplate {
     pub extra_labels: BTreeMap<String, String>,
     pub pull_secrets: Vec<String>,
     pub priority_class: Option<String>,
+    /// `manager.logLevel`, as the worker's `SCOUR_LOG`.
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,7 +252,7 @@ impl WorkerTemplate {
             args.push(format!("--imagelist={IMAGELIST_DIR}/images.json"));
         }
         let node_labels: Vec<String> = node_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let env = vec![
+        let mut env = vec![
             EnvVar {
                 name: "NODE_NAME".into(),
                 value_from: Some(EnvVarSource {
@@ -273,6 +275,13 @@ impl WorkerTemplate {
                 ..Default::default()
             },
         ];
+        if let Some(level) = &self.log_level {
+            env.push(EnvVar {
+                name: "SCOUR_LOG".into(),
+                value: Some(level.clone()),
+                ..Default::default()
+            });
+        }
 
         Pod {
             metadata: ObjectMeta {

@@ -546,6 +546,7 @@ impl Controller {
             extra_labels: m.additional_pod_labels.clone(),
             pull_secrets: m.pull_secrets.clone(),
             priority_class: m.priority_class_name.clone().filter(|p| !p.is_empty()),
+            log_level: m.log_level.clone().filter(|l| !l.trim().is_empty()),
         };
         Plan {
             template,
