@@ -5,6 +5,7 @@ use scour_hostile_guests::{
     sdk::{Decision, Image},
 };
 
+#[cfg(target_arch = "wasm32")]
 scour_policy_guest::use_bump_allocator!();
 
 struct Silent;
