@@ -118,6 +118,53 @@ fn eval_prints_each_images_verdict() {
 }
 
 #[test]
+fn what_a_policy_logs_reaches_stderr_bounded_and_changes_no_verdict() {
+    let path = hostile("chatty");
+    let input = data("snapshots/node-a.yaml");
+    let run = |level: &str| {
+        let o = scour(&[
+            "--log-level",
+            level,
+            "--log-format",
+            "text",
+            "policy",
+            "eval",
+            "--policy",
+            &path,
+            "--input",
+            &input,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains("6 images: 0 to remove, 6 to keep"),
+            "{}",
+            stdout(&o)
+        );
+        stderr(&o)
+    };
+    let err = run("info");
+    assert!(err.contains("looking at 6 images"), "{err}");
+    assert!(err.contains("hostile-chatty"), "tagged with the policy's name: {err}");
+    assert!(
+        err.contains(&format!("{}…", "x".repeat(1024))),
+        "long messages are cut: {err}"
+    );
+    assert!(!err.contains(&"x".repeat(1025)), "{err}");
+    assert!(!err.contains("detail 0"), "debug messages need --log-level debug");
+    assert!(
+        err.contains("dropped=402"),
+        "only 100 messages per call are kept: {err}"
+    );
+
+    let err = run("debug");
+    assert!(err.contains("detail 97"), "{err}");
+    assert!(
+        !err.contains("detail 98"),
+        "the 101st message of a call is dropped: {err}"
+    );
+}
+
+#[test]
 fn eval_json_uses_the_settings_file() {
     let o = scour(&[
         "policy",

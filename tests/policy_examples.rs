@@ -96,12 +96,41 @@ fn the_rust_retention_example_builds_and_passes_its_cases() {
 
 #[test]
 fn the_python_cve_allowlist_example_builds_and_passes_its_cases() {
-    example("python-cve-allowlist");
+    if example("python-cve-allowlist") > 0 {
+        let logs = logged_while_testing("python-cve-allowlist", "debug");
+        assert!(logs.contains("images to remove, allowlist of"), "{logs}");
+    }
 }
 
 #[test]
 fn the_js_disk_pressure_example_builds_and_passes_its_cases() {
-    example("js-disk-pressure");
+    if example("js-disk-pressure") > 0 {
+        let logs = logged_while_testing("js-disk-pressure", "info");
+        assert!(logs.contains("% used: removing "), "{logs}");
+    }
+}
+
+/// What the built example logs through `scour:policy/log` while its cases run.
+fn logged_while_testing(name: &str, level: &str) -> String {
+    let (py, js) = toolchains().expect("checked by the caller");
+    let root = workspace_root();
+    let policy = root.join("target/policy-examples").join(format!("{name}.wasm"));
+    let cases = root.join("guest-examples").join(name).join("tests");
+    let o = scour(
+        &[
+            "--log-level".as_ref(),
+            level.as_ref(),
+            "policy".as_ref(),
+            "test".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            cases.as_os_str(),
+        ],
+        &py,
+        &js,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -6,6 +6,8 @@
 // nothing is removed. In manual mode it removes what the ImageList names.
 // WIT u64 values (sizes, bytes, times) arrive as BigInt.
 
+import { emit } from "scour:policy/log@0.1.0";
+
 const DEFAULTS = { thresholdPercent: 85, targetPercent: 70 };
 
 function parseSettings(text) {
@@ -85,6 +87,7 @@ function automatic(s, ctx, images) {
     remove.add(image.id);
     toFree -= image.size;
   }
+  emit("info", `${percent}% used: removing ${remove.size} of ${candidates.length} removable images`);
   const why = `disk-pressure: ${percent}% used, over ${s.thresholdPercent}%`;
   return images.map((image) => {
     const kept = protectedReason(image);

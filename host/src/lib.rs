@@ -20,5 +20,6 @@ pub mod policy;
 pub mod remove;
 pub mod report;
 pub mod scan;
+pub mod text;
 pub mod units;
 pub mod worker;

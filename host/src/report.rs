@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::cri::RuntimeInfo;
 use crate::output::{Table, short_id};
 use crate::scan::FailureGroup;
+use crate::text::prefix_within;
 use crate::units::format_bytes;
 
 /// Kubernetes truncates termination messages at 4096 bytes.
@@ -255,7 +256,7 @@ impl PassReport {
             ImageEntry {
                 id: short_id(&r.id).to_owned(),
                 image: r.tags.first().cloned().unwrap_or_default(),
-                reason: truncate(&r.reason, 120).to_owned(),
+                reason: prefix_within(&r.reason, 120).to_owned(),
             }
         }
         let removed: Vec<ImageEntry> = self
@@ -270,7 +271,7 @@ impl PassReport {
             .filter(|r| r.action == ImageAction::Failed)
             .map(entry)
             .collect();
-        let errors: Vec<String> = self.errors.iter().map(|e| truncate(e, 300).to_owned()).collect();
+        let errors: Vec<String> = self.errors.iter().map(|e| prefix_within(e, 300).to_owned()).collect();
         let mut c = TerminationSummary {
             status: self.status,
             node: self.node.clone(),
@@ -373,17 +374,6 @@ pub fn peak_rss_bytes_of(process: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 #[cfg(test)]

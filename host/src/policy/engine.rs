@@ -8,11 +8,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::cache::ArtifactCache;
+use super::guest_log::GuestLog;
+use super::loaded::wit::scour::policy::log as log_import;
 use super::{Call, Error, LoadStats, Result};
 
 /// How long the epoch ticker sleeps between ticks: the granularity of deadlines.
@@ -95,6 +97,7 @@ impl PolicyEngine {
         let engine = Engine::new(&config).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        log_import::add_to_linker::<StoreState, HasSelf<GuestLog>>(&mut linker, |s| &mut s.log).map_err(engine_err)?;
         let ticker = matches!(limits.budget, Budget::Deadline(_)).then(|| Ticker::start(&engine));
         let compatibility = compatibility_key(&engine);
         Ok(Self {
@@ -176,6 +179,7 @@ impl PolicyEngine {
         let state = StoreState {
             wasi,
             table: ResourceTable::new(),
+            log: GuestLog::default(),
             limiter: MemoryLimiter {
                 max_bytes: self.inner.limits.memory_bytes,
                 exceeded: false,
@@ -272,10 +276,12 @@ impl Drop for Ticker {
     }
 }
 
-/// Per-call store data: an empty WASI context and the memory limiter.
+/// Per-call store data: an empty WASI context, the memory limiter and what
+/// the policy logged.
 pub(crate) struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
+    pub(crate) log: GuestLog,
     limiter: MemoryLimiter,
 }
 

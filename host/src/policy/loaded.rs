@@ -283,7 +283,15 @@ impl LoadedPolicy {
             Ok(i) => i,
             Err(e) => return Err(self.engine.classify(Call::Instantiate, &store, e)),
         };
-        f(&instance, &mut store).map_err(|e| self.engine.classify(call, &store, e))
+        let result = f(&instance, &mut store);
+        // What the policy logged before it answered, trapped or ran out of time.
+        let name = if self.info.name.is_empty() {
+            &self.origin
+        } else {
+            &self.info.name
+        };
+        store.data().log.forward(name, call);
+        result.map_err(|e| self.engine.classify(call, &store, e))
     }
 }
 
@@ -328,14 +336,6 @@ impl<'a> OfferedIds<'a> {
     }
 }
 
-fn bounded(mut s: String) -> String {
-    if s.len() > MAX_REASON_BYTES {
-        let mut cut = MAX_REASON_BYTES;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+fn bounded(s: String) -> String {
+    crate::text::bounded(s, MAX_REASON_BYTES)
 }

@@ -68,6 +68,34 @@ pub mod bindings {
 
 use bindings::scour::policy::types as wit;
 
+/// Messages for whoever runs the policy, through the `scour:policy/log`
+/// import: `scour policy eval` and `test` print them, a worker writes them to
+/// its pod log. They change nothing the policy decides. Natively (a policy's
+/// unit tests) they go to stderr.
+pub mod log {
+    use crate::bindings::scour::policy::log::Level;
+
+    /// Shown only when the host runs with `--log-level debug`.
+    pub fn debug(message: &str) {
+        emit(Level::Debug, message);
+    }
+
+    pub fn info(message: &str) {
+        emit(Level::Info, message);
+    }
+
+    pub fn warn(message: &str) {
+        emit(Level::Warn, message);
+    }
+
+    fn emit(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::scour::policy::log::emit(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        eprintln!("{level:?}: {message}");
+    }
+}
+
 /// A cleanup policy. Every call gets the raw settings string; parse it with
 /// [`sdk::settings::Settings`] so errors name the key.
 pub trait Policy {

@@ -59,7 +59,8 @@ pub fn cargo_build_guest(package: &str, extra: &[&str]) -> Result<(), String> {
 
 /// The hostile policies, each an example of `tests/guests/hostile`:
 /// `infinite_loop`, `alloc_1gib`, `panics`, `unknown_ids`, `duplicate_ids`,
-/// `flood`, `bad_settings`, `remove_all`, `slow_remove_all` and `silent`.
+/// `flood`, `bad_settings`, `remove_all`, `slow_remove_all`, `silent` and
+/// `chatty`.
 pub fn hostile_guest(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
