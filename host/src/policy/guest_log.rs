@@ -29,6 +29,9 @@ impl GuestLog {
     /// Writes the messages to the host's log as the policy's own, under the
     /// `scour::policy::guest` target.
     pub(crate) fn forward(&self, policy: &str, call: Call) {
+        if self.messages.is_empty() && self.dropped == 0 {
+            return;
+        }
         let call = call.to_string();
         for (level, message) in &self.messages {
             match level {
