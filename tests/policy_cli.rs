@@ -150,16 +150,21 @@ fn what_a_policy_logs_reaches_stderr_bounded_and_changes_no_verdict() {
         "long messages are cut: {err}"
     );
     assert!(!err.contains(&"x".repeat(1025)), "{err}");
+    assert!(
+        err.contains("one line\\nINFO a forged line"),
+        "a newline stays an escape on one line: {err}"
+    );
+    assert!(!err.lines().any(|l| l.starts_with("INFO a forged line")), "{err}");
     assert!(!err.contains("detail 0"), "debug messages need --log-level debug");
     assert!(
-        err.contains("dropped=402"),
+        err.contains("dropped=403"),
         "only 100 messages per call are kept: {err}"
     );
 
     let err = run("debug");
-    assert!(err.contains("detail 97"), "{err}");
+    assert!(err.contains("detail 96"), "{err}");
     assert!(
-        !err.contains("detail 98"),
+        !err.contains("detail 97"),
         "the 101st message of a call is dropped: {err}"
     );
 }

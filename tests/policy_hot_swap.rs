@@ -289,6 +289,7 @@ fn the_artifact_cache_serves_a_second_load_and_survives_corruption() {
 
 #[test]
 fn the_artifact_cache_evicts_the_least_recently_used_beyond_its_budget() {
+    use std::time::SystemTime;
     let [a, b, c] = [
         embedded_default_policy().to_vec(),
         hostile_guest("remove_all"),
@@ -307,24 +308,49 @@ fn the_artifact_cache_evicts_the_least_recently_used_beyond_its_budget() {
     // Room for a and either of the others, not for all three.
     let budget = size(&a) + size(&b).max(size(&c));
 
-    // Load a, then b, use a again, then load c.
     let dir = tempfile::tempdir().unwrap();
+    let hours_ago = |h: u64| SystemTime::now() - Duration::from_secs(h * 3600);
+    // Files the cache did not write, in a directory it shares.
+    let foreign = dir.path().join("notes.cwasm");
+    std::fs::write(&foreign, vec![0u8; budget as usize]).unwrap();
+    let stale_temp = dir.path().join(".scour-tmpAbC123");
+    std::fs::write(&stale_temp, b"left by a crash").unwrap();
+    let set_used = |path: &Path, when: SystemTime| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap()
+    };
+    set_used(&foreign, hours_ago(10));
+    set_used(&stale_temp, hours_ago(2));
+
     let cache = ArtifactCache::with_max_bytes(dir.path(), budget);
     let engine = PolicyEngine::new(Limits::production(), Some(cache.clone())).unwrap();
     let artifact = |bytes: &[u8]| cache.path_for(&digest_of(bytes), engine.compatibility());
     let load = |bytes: &[u8]| {
-        let policy = LoadedPolicy::load(&engine, bytes, "policy", "").unwrap();
-        // Eviction goes by mtime; keep each step apart.
-        std::thread::sleep(Duration::from_millis(20));
-        policy.stats().from_cache
+        LoadedPolicy::load(&engine, bytes, "policy", "")
+            .unwrap()
+            .stats()
+            .from_cache
     };
+    // a is written, then b; a is used again (a hit marks it used now); then
+    // c is written and the budget has room for only one of a and b.
     assert!(!load(&a));
+    set_used(&artifact(&a), hours_ago(3));
     assert!(!load(&b));
-    assert!(load(&a), "a second load of a is a hit, and counts as a use");
+    set_used(&artifact(&b), hours_ago(2));
+    assert!(load(&a), "a second load of a is a hit");
     assert!(!load(&c));
     assert!(artifact(&a).is_file(), "recently used: kept");
     assert!(artifact(&c).is_file(), "just written: kept");
     assert!(!artifact(&b).exists(), "least recently used: evicted");
+    assert!(foreign.is_file(), "a file the cache did not write is never evicted");
+    assert!(
+        !stale_temp.exists(),
+        "an hour-old temporary file is left over from a crash"
+    );
     assert!(!load(&b), "an evicted policy compiles again");
 
     // A budget smaller than one artifact still keeps the newest.

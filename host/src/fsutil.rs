@@ -49,10 +49,13 @@ pub fn write_state<T: Serialize>(path: &Path, what: &str, data: &T) {
 
 /// Writes through a temporary file in the same directory, syncs it, and
 /// renames it into place, so readers never see a partial file.
+/// Names of the temporary files `write_atomically` writes and renames.
+pub const TEMP_PREFIX: &str = ".scour-tmp";
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

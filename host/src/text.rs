@@ -13,14 +13,35 @@ pub fn prefix_within(s: &str, max_bytes: usize) -> &str {
     &s[..cut]
 }
 
-/// `s` cut to at most `max_bytes` bytes plus `…` when it was longer.
-pub fn bounded(mut s: String, max_bytes: usize) -> String {
-    if s.len() > max_bytes {
-        let cut = prefix_within(&s, max_bytes).len();
-        s.truncate(cut);
-        s.push('…');
+/// `s` cut to at most `max_bytes` bytes plus `…` when it was longer. A cut
+/// string is a new, small allocation: keeping the original's capacity would
+/// let a policy make the host hold its whole oversized buffer.
+pub fn bounded(s: String, max_bytes: usize) -> String {
+    if s.len() <= max_bytes {
+        return s;
     }
-    s
+    let mut out = String::with_capacity(max_bytes + '…'.len_utf8());
+    out.push_str(prefix_within(&s, max_bytes));
+    out.push('…');
+    out
+}
+
+/// `s` with control characters (newlines, carriage returns, escapes)
+/// written as escapes, so text from a policy stays on one log line and
+/// cannot pose as scour's own output.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -34,5 +55,15 @@ mod tests {
         assert_eq!(prefix_within("short", 10), "short");
         assert_eq!(bounded("héllo".into(), 2), "h…");
         assert_eq!(bounded("héllo".into(), 6), "héllo");
+        assert!(
+            bounded("x".repeat(1 << 20), 8).capacity() < 16,
+            "a cut string is a new allocation"
+        );
+    }
+
+    #[test]
+    fn control_characters_become_escapes() {
+        assert_eq!(printable("plain text, ünicode"), "plain text, ünicode");
+        assert_eq!(printable("one\nINFO fake\r\u{1b}[31m"), "one\\nINFO fake\\r\\u{1b}[31m");
     }
 }

@@ -238,10 +238,15 @@ pub(crate) fn action(a: wit::Action) -> sdk::Action {
     }
 }
 
+/// Name and version come from the guest and end up in every log line and
+/// report about it: cut short and made printable.
 pub(crate) fn info(i: wit::PolicyInfo) -> sdk::PolicyInfo {
+    let label = |s: String| crate::text::printable(&crate::text::bounded(s, MAX_LABEL_BYTES)).into_owned();
     sdk::PolicyInfo {
-        name: i.name,
-        version: i.version,
+        name: label(i.name),
+        version: label(i.version),
         max_findings: i.max_findings,
     }
 }
+
+const MAX_LABEL_BYTES: usize = 64;

@@ -9,7 +9,9 @@
 //! Every policy version and every scour upgrade adds an artifact (a Python
 //! policy's is ~40 MB), and on a node the cache lives on the host's disk. So
 //! the cache has a size budget: after each write, the least recently used
-//! artifacts beyond it are deleted. A hit counts as a use.
+//! artifacts beyond it are deleted, though never the one just written. A
+//! hit counts as a use. Only files named as this cache names them are
+//! touched.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -132,11 +134,14 @@ impl ArtifactCache {
             let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(ARTIFACT_SUFFIX) {
+            // Only what this cache writes: the directory may be shared.
+            if is_artifact_name(&name) {
                 if path != keep {
                     artifacts.push((used, meta.len(), path));
                 }
-            } else if name.starts_with(".tmp") && now.duration_since(used).is_ok_and(|age| age > STALE_TEMP) {
+            } else if name.starts_with(crate::fsutil::TEMP_PREFIX)
+                && now.duration_since(used).is_ok_and(|age| age > STALE_TEMP)
+            {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -168,6 +173,14 @@ impl ArtifactCache {
     }
 }
 
+/// `<sha256 hex>-<compatibility hex>.cwasm`, as [`ArtifactCache::path_for`] names them.
+fn is_artifact_name(name: &str) -> bool {
+    let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    name.strip_suffix(ARTIFACT_SUFFIX)
+        .and_then(|stem| stem.split_once('-'))
+        .is_some_and(|(digest, compatibility)| digest.len() == 64 && is_hex(digest) && is_hex(compatibility))
+}
+
 /// Records a cache hit in the artifact's mtime, which eviction goes by.
 fn mark_used(path: &Path) {
     let touched = std::fs::File::options()
@@ -175,6 +188,10 @@ fn mark_used(path: &Path) {
         .open(path)
         .and_then(|f| f.set_modified(SystemTime::now()));
     if let Err(e) = touched {
-        tracing::debug!(path = %path.display(), error = %e, "cannot mark a cached policy artifact as used");
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot mark a cached policy artifact as used; eviction will treat it as old"
+        );
     }
 }

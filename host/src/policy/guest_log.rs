@@ -22,8 +22,9 @@ impl GuestLog {
             self.dropped += 1;
             return;
         }
-        self.messages
-            .push((level, crate::text::bounded(message, MAX_MESSAGE_BYTES)));
+        let message = crate::text::bounded(message, MAX_MESSAGE_BYTES);
+        let message = crate::text::printable(&message).into_owned();
+        self.messages.push((level, message));
     }
 
     /// Writes the messages to the host's log as the policy's own, under the

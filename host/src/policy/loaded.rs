@@ -279,17 +279,21 @@ impl LoadedPolicy {
         f: impl FnOnce(&Instance, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
         let mut store = self.engine.new_store(now);
-        let instance = match self.pre.instance_pre().instantiate(&mut store) {
-            Ok(i) => i,
-            Err(e) => return Err(self.engine.classify(Call::Instantiate, &store, e)),
-        };
-        let result = f(&instance, &mut store);
-        // What the policy logged before it answered, trapped or ran out of time.
         let name = if self.info.name.is_empty() {
             &self.origin
         } else {
             &self.info.name
         };
+        // What the policy logged is kept whether it answered, trapped or ran
+        // out of time; start-up code logs during instantiation.
+        let instance = match self.pre.instance_pre().instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => {
+                store.data().log.forward(name, Call::Instantiate);
+                return Err(self.engine.classify(Call::Instantiate, &store, e));
+            }
+        };
+        let result = f(&instance, &mut store);
         store.data().log.forward(name, call);
         result.map_err(|e| self.engine.classify(call, &store, e))
     }

@@ -1,5 +1,6 @@
-//! Logs while it decides, more and longer than the host keeps, then keeps
-//! everything: the host must bound what it keeps and change no verdict.
+//! Logs while it decides, more and longer than the host keeps, with a
+//! forged line, then keeps everything: the host must bound and escape what
+//! it keeps and change no verdict.
 use scour_hostile_guests::{
     Behaviour, hostile_policy,
     sdk::{Decision, Image},
@@ -12,6 +13,7 @@ impl Behaviour for Chatty {
     fn answer(images: &[Image]) -> Vec<Decision> {
         log::info(&format!("looking at {} images", images.len()));
         log::warn(&"x".repeat(5000));
+        log::info("one line\nINFO a forged line");
         for i in 0..500 {
             log::debug(&format!("detail {i}"));
         }
