@@ -407,11 +407,14 @@ fn system_excluded_images_survive_a_policy_that_removes_everything() {
 /// Runs a pass whose policy spins for `spin` loop iterations in `decide`
 /// and then removes everything, and calls `act` while it spins: the
 /// snapshot is written just before decide, so its appearance is the cue.
-fn while_deciding(node: &TestNode, spin: &str, act: impl FnOnce(&TestNode)) -> Run {
+fn while_deciding(node: &TestNode, spin: &str, args: &[&Path], act: impl FnOnce(&TestNode)) -> Run {
     let snapshot = node.work.path().join("snapshot.yaml");
     let spin = node.file("spin.txt", spin);
-    let (child, report) = node
-        .worker(scour())
+    let mut worker = node.worker(scour());
+    for arg in args {
+        worker = worker.arg(arg);
+    }
+    let (child, report) = worker
         .arg("--policy")
         .arg(hostile("slow_remove_all"))
         .arg("--settings")
@@ -445,7 +448,7 @@ fn a_container_created_between_decide_and_remove_keeps_its_image() {
         ("other", clean("localhost/test/other:1", "other")),
     ]);
     let target = node.id("target");
-    let run = while_deciding(&node, "4000000000", |node| {
+    let run = while_deciding(&node, "4000000000", &[], |node| {
         block_on(async {
             let pod = node.ctd.run_pod("late").await.unwrap();
             node.ctd.create_container(&pod, &target, "late", false).await.unwrap();
@@ -464,6 +467,47 @@ fn a_container_created_between_decide_and_remove_keeps_its_image() {
 }
 
 #[test]
+fn an_image_that_gains_a_protected_name_while_the_policy_decides_survives() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("target", clean("localhost/test/target:1", "target")),
+        ("other", clean("localhost/test/other:1", "other")),
+    ]);
+    let system = node.file("system.json", r#"{"excluded": ["localhost/protected/*"]}"#);
+    // A pull of a protected name resolves to the same image id: removing the
+    // id would take the protected name with it.
+    let run = while_deciding(
+        &node,
+        "3000000000",
+        &[Path::new("--system-exclusions"), &system],
+        |node| {
+            let tagged = node
+                .ctd
+                .ctr()
+                .args([
+                    "images",
+                    "tag",
+                    "localhost/test/target:1",
+                    "localhost/protected/target:1",
+                ])
+                .output()
+                .unwrap();
+            assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
+        },
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_verdict(
+        &run,
+        &node,
+        "target",
+        "kept",
+        "guard: system exclusion localhost/protected/*, found just before removal",
+    );
+    assert_verdict(&run, &node, "other", "removed", "slow: remove everything");
+    assert!(node.has("target"));
+}
+
+#[test]
 fn an_image_removed_by_someone_else_meanwhile_is_reported_not_found() {
     let Some(mut node) = TestNode::start() else { return };
     node.import(vec![
@@ -472,7 +516,7 @@ fn an_image_removed_by_someone_else_meanwhile_is_reported_not_found() {
     ]);
     // Someone else removes it through CRI while the policy decides.
     let gone = node.id("gone");
-    let run = while_deciding(&node, "3000000000", |node| {
+    let run = while_deciding(&node, "3000000000", &[], |node| {
         block_on(async {
             let cri = node.ctd.cri_client().await.unwrap();
             cri.remove_image(&gone).await.unwrap();

@@ -1,6 +1,7 @@
-//! Remove: CRI `RemoveImage` by id, with bounded concurrency. Containers are
-//! listed again immediately before each removal, because containerd removes
-//! images that containers use without a word.
+//! Remove: CRI `RemoveImage` by id, with bounded concurrency. The image's
+//! names and the containers are read again immediately before each removal,
+//! because containerd removes images that containers use without a word, and
+//! removing by id takes every name the image has by then.
 
 use std::sync::Arc;
 
@@ -72,13 +73,23 @@ pub async fn remove(
 }
 
 async fn remove_one(cri: &CriClient, image: &Image, guard: &Guard, dry_run: bool) -> Outcome {
-    // Re-check with what is true now, not what was true at collect time.
+    // Re-check with what is true now, not what was true at collect time: a
+    // scan can take an hour, and meanwhile the image may have gained a tag
+    // (a pull resolving to the same id), been pinned, or found a container.
+    let fresh = match cri.image_status(&image.id).await {
+        Ok(None) => return Outcome::NotFound,
+        Ok(Some(fresh)) => fresh,
+        Err(e) => return failed("cannot re-check the image before removal: ", e),
+    };
     let containers = match cri.list_containers().await {
         Ok(c) => c,
         Err(e) => return failed("cannot re-check containers before removal: ", e),
     };
     let mut now = image.clone();
-    now.in_use = !ImageIndex::new(std::slice::from_ref(image))
+    now.tags = fresh.tags;
+    now.digests = fresh.digests;
+    now.pinned = fresh.pinned;
+    now.in_use = !ImageIndex::new(std::slice::from_ref(&now))
         .used_by(&containers)
         .is_empty();
     if let Some(veto) = guard.check(&now) {
@@ -86,11 +97,6 @@ async fn remove_one(cri: &CriClient, image: &Image, guard: &Guard, dry_run: bool
     }
     if dry_run {
         return Outcome::WouldRemove;
-    }
-    match cri.image_status(&image.id).await {
-        Ok(None) => return Outcome::NotFound,
-        Ok(Some(_)) => {}
-        Err(e) => return failed("", e),
     }
     match cri.remove_image(&image.id).await {
         Ok(Removal::Removed) => Outcome::Removed,
