@@ -302,18 +302,29 @@ impl CriClient {
     }
 
     /// The sandbox (pause) image from the runtime's verbose status, where the
-    /// runtime reports it (containerd does, in `info.config.sandboxImage`).
+    /// runtime reports it (containerd does, in `info.config`).
     pub async fn sandbox_image(&self) -> Result<Option<String>> {
         let mut rt = self.runtime.clone();
         let r = self
             .timed("Status", rt.status(cri::StatusRequest { verbose: true }))
             .await?;
-        Ok(r.info
-            .get("config")
-            .and_then(|config| serde_json::from_str::<serde_json::Value>(config).ok())
-            .and_then(|v| v.get("sandboxImage").and_then(|s| s.as_str()).map(str::to_owned))
-            .filter(|s| !s.is_empty()))
+        Ok(r.info.get("config").and_then(|config| sandbox_image_in(config)))
     }
+}
+
+/// containerd 1.x reports `sandboxImage`; 2.x moved the setting to
+/// `pinnedImages.sandbox`.
+fn sandbox_image_in(config: &str) -> Option<String> {
+    let v = serde_json::from_str::<serde_json::Value>(config).ok()?;
+    [
+        v.get("sandboxImage"),
+        v.get("pinnedImages").and_then(|p| p.get("sandbox")),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|s| s.as_str())
+    .find(|s| !s.is_empty())
+    .map(str::to_owned)
 }
 
 fn image_spec(image: &str) -> cri::ImageSpec {
@@ -326,6 +337,16 @@ fn image_spec(image: &str) -> cri::ImageSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sandbox_image_is_found_in_containerd_1_and_2_configs() {
+        let v1 = r#"{"sandboxImage":"registry.k8s.io/pause:3.9","containerd":{}}"#;
+        let v2 = r#"{"pinnedImages":{"sandbox":"registry.k8s.io/pause:3.10"}}"#;
+        assert_eq!(sandbox_image_in(v1).as_deref(), Some("registry.k8s.io/pause:3.9"));
+        assert_eq!(sandbox_image_in(v2).as_deref(), Some("registry.k8s.io/pause:3.10"));
+        assert_eq!(sandbox_image_in(r#"{"sandboxImage":""}"#), None);
+        assert_eq!(sandbox_image_in("not json"), None);
+    }
 
     #[test]
     fn endpoints_are_unix_sockets() {
