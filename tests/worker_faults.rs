@@ -223,11 +223,93 @@ fn containerd_killed_mid_pass_fails_cleanly_with_accurate_counts() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["status"], "failed");
     assert_eq!(r["summary"]["removed"], 0);
-    // a, b and clean were attempted and failed; the pause image was never a
-    // target (the sandbox guard kept it at decide time).
-    assert_eq!(r["summary"]["failed"], 3);
-    assert_eq!(r["summary"]["kept"], 1);
+    // a, b and clean were targets; the pause image never was (the sandbox
+    // guard kept it at decide time). Those started before the first failure
+    // failed, the rest were not attempted.
+    let failed = r["summary"]["failed"].as_u64().unwrap();
+    let skipped = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["result"] == "skipped")
+        .count();
+    assert!(failed >= 1, "{r}");
+    assert_eq!(failed as usize + skipped, 3, "{r}");
+    assert_eq!(r["summary"]["kept"].as_u64().unwrap() as usize, 1 + skipped, "{r}");
     assert!(r["errors"].to_string().contains("stopped answering"), "{}", r["errors"]);
+}
+
+#[test]
+fn once_the_runtime_stops_answering_the_remaining_removals_are_not_attempted() {
+    let Some(mut node) = small_node() else { return };
+    let snapshot = node.work.path().join("snapshot.yaml");
+    let spin = node.file("spin.txt", "3000000000");
+    scour_testkit::guests::hostile_guest("slow_remove_all");
+    let (child, report) = node
+        .worker(scour())
+        .arg("--policy")
+        .arg(scour_testkit::guests::hostile_guest_path("slow_remove_all"))
+        .arg("--settings")
+        .arg(&spin)
+        .args([
+            "--policy-timeout",
+            "120s",
+            "--cri-timeout",
+            "3s",
+            "--remove-concurrency",
+            "1",
+        ])
+        .arg("--snapshot-out")
+        .arg(&snapshot)
+        .spawn();
+    let started = Instant::now();
+    while !snapshot.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no snapshot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.ctd.kill_containerd();
+    let killed = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One removal waits out the CRI timeout; the others do not wait at all.
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        killed.elapsed()
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["summary"]["removed"], 0);
+    assert_eq!(r["summary"]["failed"], 1, "{r}");
+    let skipped: Vec<_> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["result"] == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 2, "{r}");
+    for image in skipped {
+        assert_eq!(image["action"], "kept");
+        assert!(
+            image["reason"]
+                .as_str()
+                .unwrap()
+                .contains("the container runtime stopped answering"),
+            "{image}"
+        );
+    }
+    assert!(
+        r["errors"]
+            .to_string()
+            .contains("1 removals failed and 2 were not attempted"),
+        "{}",
+        r["errors"]
+    );
 }
 
 #[test]

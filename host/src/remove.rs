@@ -53,13 +53,29 @@ pub async fn remove(
     concurrency: usize,
     cancel: &CancellationToken,
 ) -> Vec<(Image, Outcome)> {
+    // Once the runtime stops answering, the rest are not attempted: each
+    // would wait out the CRI timeout, and a runtime that comes back halfway
+    // would leave a pass that removed some of them after it had failed.
+    let stop = cancel.child_token();
     let mut results = crate::bounded::map_bounded(targets.into_iter().enumerate(), concurrency, |(order, image)| {
-        let (cri, guard, cancel) = (cri.clone(), guard.clone(), cancel.clone());
+        let (cri, guard, cancel, stop) = (cri.clone(), guard.clone(), cancel.clone(), stop.clone());
         async move {
             let outcome = if cancel.is_cancelled() {
                 Outcome::Skipped("scour is shutting down".into())
+            } else if stop.is_cancelled() {
+                Outcome::Skipped("the container runtime stopped answering".into())
             } else {
-                remove_one(&cri, &image, &guard, dry_run).await
+                let outcome = remove_one(&cri, &image, &guard, dry_run).await;
+                if matches!(
+                    outcome,
+                    Outcome::Failed {
+                        runtime_unreachable: true,
+                        ..
+                    }
+                ) {
+                    stop.cancel();
+                }
+                outcome
             };
             (order, image, outcome)
         }

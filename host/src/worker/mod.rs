@@ -323,12 +323,13 @@ async fn pass(
     report.images = results;
     if unreachable > 0 {
         report.fail(format!(
-            "the container runtime stopped answering during removal; {unreachable} removals did not happen"
+            "the container runtime stopped answering during removal; {unreachable} removals failed and \
+             {skipped} were not attempted"
         ));
     } else if failed > 0 {
         report.degrade(format!("{failed} removals failed"));
     }
-    if skipped > 0 {
+    if skipped > 0 && unreachable == 0 {
         report.degrade(format!("interrupted: {skipped} removals were not attempted"));
     }
 }
