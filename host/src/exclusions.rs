@@ -42,12 +42,30 @@ impl ExclusionList {
     /// Reads the given files and every `*.json` file below the given
     /// directories (ConfigMap mounts), in path order.
     pub fn load(files: &[PathBuf], dirs: &[PathBuf]) -> Result<Self, ExclusionError> {
+        Self::load_from(files, dirs, false)
+    }
+
+    /// Like [`load`](Self::load), but a directory without a `*.json` file is
+    /// an error: for the system list, a ConfigMap whose key lacks the suffix
+    /// would otherwise protect nothing, silently. (Eraser fails the same way.)
+    pub fn load_required(files: &[PathBuf], dirs: &[PathBuf]) -> Result<Self, ExclusionError> {
+        Self::load_from(files, dirs, true)
+    }
+
+    fn load_from(files: &[PathBuf], dirs: &[PathBuf], json_required: bool) -> Result<Self, ExclusionError> {
         let mut all = files.to_vec();
         for dir in dirs {
             if !dir.is_dir() {
                 return Err(invalid(dir, "not a directory"));
             }
+            let before = all.len();
             collect_json(dir, &mut all).map_err(|e| invalid(dir, e.to_string()))?;
+            if json_required && all.len() == before {
+                return Err(invalid(
+                    dir,
+                    "no *.json file; the ConfigMap's key must end in .json, e.g. system.json",
+                ));
+            }
         }
         let mut list = ExclusionList::default();
         for path in &all {
@@ -178,5 +196,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_system_list_directory_without_json_fails_instead_of_protecting_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "system", r#"{"excluded":["registry.k8s.io/*"]}"#);
+        assert!(
+            ExclusionList::load(&[], &[d.path().to_owned()])
+                .unwrap()
+                .entries()
+                .is_empty()
+        );
+        let err = ExclusionList::load_required(&[], &[d.path().to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no *.json file") && err.contains(&d.path().display().to_string()),
+            "{err}"
+        );
+        write(d.path(), "system.json", r#"{"excluded":["registry.k8s.io/*"]}"#);
+        let list = ExclusionList::load_required(&[], &[d.path().to_owned()]).unwrap();
+        assert_eq!(list.entries(), ["registry.k8s.io/*"]);
     }
 }

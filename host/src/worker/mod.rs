@@ -124,7 +124,7 @@ async fn pass(
         Ok(l) => l,
         Err(e) => return fail(report, "collect", e),
     };
-    let system = match ExclusionList::load(&cfg.exclusions.system_files, &cfg.exclusions.system_dirs) {
+    let system = match ExclusionList::load_required(&cfg.exclusions.system_files, &cfg.exclusions.system_dirs) {
         Ok(l) => l,
         Err(e) => return fail(report, "collect", e),
     };
