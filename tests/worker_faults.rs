@@ -312,6 +312,62 @@ fn once_the_runtime_stops_answering_the_remaining_removals_are_not_attempted() {
     );
 }
 
+/// A worker pass with scanning off against the fake runtime; it must exit
+/// 0. Returns the JSON report.
+fn scan_free_pass(fake: &FakeCri) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, r#"{"scanDisabled": true}"#).unwrap();
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new(SCOUR)
+        .args(["worker", "--runtime-endpoint", &fake.endpoint(), "--settings"])
+        .arg(&settings)
+        .arg("--report")
+        .arg(&report)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["--termination-log", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+#[test]
+fn an_old_pause_image_that_running_pods_still_use_is_kept_in_use() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The runtime's sandbox image moved on to pause:3.10; pods started
+    // before still run on pause:3.6, which nothing else protects.
+    let fake = runtime.block_on(FakeCri::start(FakeState {
+        images: vec![
+            image("sha256:a36", &["registry.k8s.io/pause:3.6"], 300),
+            image("sha256:a310", &["registry.k8s.io/pause:3.10"], 300),
+            image("sha256:bbb", &["docker.io/library/unused:1"], 200),
+        ],
+        sandbox_image: Some("registry.k8s.io/pause:3.10".into()),
+        sandboxes: vec![("pod-1".into(), "registry.k8s.io/pause:3.6".into())],
+        ..Default::default()
+    }));
+    let r = scan_free_pass(&fake);
+    let removed = fake.state.lock().unwrap().removed.clone();
+    assert_eq!(removed, ["sha256:bbb"], "only the unused image goes");
+    let verdict = |id: &str| {
+        let i = r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap()
+            .clone();
+        (
+            i["action"].as_str().unwrap().to_owned(),
+            i["reason"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(verdict("sha256:a36"), ("kept".to_owned(), "in-use".to_owned()));
+    assert_eq!(verdict("sha256:a310").0, "kept");
+}
+
 #[test]
 fn a_refused_removal_is_a_per_image_failure() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -329,22 +385,7 @@ fn a_refused_removal_is_a_per_image_failure() {
         fail_remove: [("sha256:aaa".to_owned(), "image is locked by a snapshot".to_owned())].into(),
         ..Default::default()
     }));
-    let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("settings.json");
-    std::fs::write(&settings, r#"{"scanDisabled": true}"#).unwrap();
-    let report = dir.path().join("report.json");
-    let out = std::process::Command::new(SCOUR)
-        .args(["worker", "--runtime-endpoint", &fake.endpoint(), "--settings"])
-        .arg(&settings)
-        .arg("--report")
-        .arg(&report)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["--termination-log", "/nonexistent"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = scan_free_pass(&fake);
     assert_eq!(r["status"], "degraded");
     let by_id = |id: &str| {
         r["images"]

@@ -33,6 +33,7 @@ pub async fn collect(cri: &CriClient, first_seen: &mut FirstSeen, now: u64) -> R
     let runtime = cri.version().await?;
     let listed = cri.list_images().await?;
     let containers = cri.list_containers().await?;
+    let sandboxes = cri.list_sandboxes().await?;
     let sandbox_image = cri.sandbox_image().await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read the runtime's sandbox image from its status");
         None
@@ -66,6 +67,7 @@ pub async fn collect(cri: &CriClient, first_seen: &mut FirstSeen, now: u64) -> R
         })
         .collect();
     mark_in_use(&mut images, &containers);
+    mark_in_use(&mut images, &sandboxes);
     Ok(Inventory {
         runtime,
         images,

@@ -301,6 +301,57 @@ impl CriClient {
         }))
     }
 
+    /// Every pod sandbox, as a container of its sandbox (pause) image: an
+    /// image a running pod was started with stays in use even after the
+    /// runtime's configured sandbox image changes. The image comes from the
+    /// verbose sandbox status (containerd: `info.image`); a sandbox without
+    /// one is left out.
+    pub async fn list_sandboxes(&self) -> Result<Vec<CriContainer>> {
+        let mut rt = self.runtime.clone();
+        let listed = self
+            .timed(
+                "ListPodSandbox",
+                rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }),
+            )
+            .await?;
+        let mut sandboxes = Vec::with_capacity(listed.items.len());
+        for sandbox in listed.items {
+            let request = cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.id.clone(),
+                verbose: true,
+            };
+            let status = match self.timed("PodSandboxStatus", rt.pod_sandbox_status(request)).await {
+                Ok(s) => s,
+                // Removed since it was listed.
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let image = status
+                .info
+                .get("info")
+                .and_then(|info| serde_json::from_str::<serde_json::Value>(info).ok())
+                .and_then(|v| v.get("image").and_then(|i| i.as_str()).map(str::to_owned))
+                .filter(|i| !i.is_empty());
+            let Some(image) = image else {
+                tracing::debug!(sandbox = %sandbox.id, "the runtime does not say which image this pod sandbox uses");
+                continue;
+            };
+            sandboxes.push(CriContainer {
+                name: sandbox
+                    .metadata
+                    .map(|m| format!("sandbox of {}/{}", m.namespace, m.name))
+                    .unwrap_or_else(|| "pod sandbox".to_owned()),
+                id: sandbox.id,
+                image_ref: String::new(),
+                image,
+                state: cri::PodSandboxState::try_from(sandbox.state)
+                    .map(|s| s.as_str_name().to_owned())
+                    .unwrap_or_else(|_| sandbox.state.to_string()),
+            });
+        }
+        Ok(sandboxes)
+    }
+
     /// The sandbox (pause) image from the runtime's verbose status, where the
     /// runtime reports it (containerd does, in `info.config`).
     pub async fn sandbox_image(&self) -> Result<Option<String>> {

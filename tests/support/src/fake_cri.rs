@@ -22,6 +22,8 @@ pub struct FakeState {
     /// Image ids whose removal fails with this message.
     pub fail_remove: HashMap<String, String>,
     pub sandbox_image: Option<String>,
+    /// Pod sandboxes as (id, the image the runtime reports they run).
+    pub sandboxes: Vec<(String, String)>,
     pub removed: Vec<String>,
     pub list_containers_calls: usize,
 }
@@ -252,15 +254,39 @@ impl RuntimeService for Fake {
     }
     async fn pod_sandbox_status(
         &self,
-        _: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        unimplemented()
+        let id = request.into_inner().pod_sandbox_id;
+        let state = self.0.lock().unwrap();
+        let (_, image) = state
+            .sandboxes
+            .iter()
+            .find(|(s, _)| *s == id)
+            .ok_or_else(|| Status::not_found(format!("sandbox {id}")))?;
+        // containerd's verbose shape: the sandbox image under `info.image`.
+        let info = [("info".to_owned(), serde_json::json!({ "image": image }).to_string())].into();
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            info,
+            ..Default::default()
+        }))
     }
     async fn list_pod_sandbox(
         &self,
         _: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        unimplemented()
+        let items = self
+            .0
+            .lock()
+            .unwrap()
+            .sandboxes
+            .iter()
+            .map(|(id, _)| cri::PodSandbox {
+                id: id.clone(),
+                state: cri::PodSandboxState::SandboxReady as i32,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
     async fn create_container(
         &self,
