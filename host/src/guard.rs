@@ -51,21 +51,21 @@ impl Guard {
         Self { system, sandbox }
     }
 
-    /// The first invariant that keeps `image`, if any.
+    /// The first invariant that keeps `image`, if any. Standing protections
+    /// come first, the most specific first, so that a pause image that pods
+    /// run on reads `sandbox image`, not `in-use`.
     pub fn check(&self, image: &Image) -> Option<Veto> {
-        if image.in_use {
-            return Some(Veto::InUse);
-        }
-        if image.pinned {
-            return Some(Veto::Pinned);
-        }
         let names = image.names();
         if let Some(p) = self.sandbox.iter().find(|p| p.matches(&names)) {
             return Some(Veto::Sandbox(p.source().to_owned()));
         }
-        self.system
-            .first_match(&names)
-            .map(|p| Veto::SystemExcluded(p.source().to_owned()))
+        if let Some(p) = self.system.first_match(&names) {
+            return Some(Veto::SystemExcluded(p.source().to_owned()));
+        }
+        if image.pinned {
+            return Some(Veto::Pinned);
+        }
+        image.in_use.then_some(Veto::InUse)
     }
 }
 
@@ -103,5 +103,13 @@ mod tests {
             "guard: system exclusion registry.k8s.io/*"
         );
         assert_eq!(guard.check(&image(&["docker.io/library/a:1"])), None);
+        // Standing protections explain it before `in-use` does.
+        let mut pause_in_use = image(&["localhost/test/pause:1"]);
+        pause_in_use.in_use = true;
+        pause_in_use.pinned = true;
+        assert_eq!(
+            guard.check(&pause_in_use).unwrap().reason(),
+            "guard: sandbox image localhost/test/pause:1"
+        );
     }
 }
