@@ -195,32 +195,14 @@ fn a_missing_runtime_socket_fails_the_pass_and_says_which() {
 #[test]
 fn containerd_killed_mid_pass_fails_cleanly_with_accurate_counts() {
     let Some(mut node) = small_node() else { return };
-    let snapshot = node.work.path().join("snapshot.yaml");
-    let spin = node.file("spin.txt", "3000000000");
-    scour_testkit::guests::hostile_guest("slow_remove_all");
-    let (child, report) = node
-        .worker(scour())
-        .arg("--policy")
-        .arg(scour_testkit::guests::hostile_guest_path("slow_remove_all"))
-        .arg("--settings")
-        .arg(&spin)
-        .args(["--policy-timeout", "120s", "--cri-timeout", "3s", "--snapshot-out"])
-        .arg(&snapshot)
-        .spawn();
-    let started = Instant::now();
-    while !snapshot.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no snapshot");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    node.ctd.kill_containerd();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let run = node.while_deciding(
+        scour(),
+        "3000000000",
+        &["--cri-timeout".as_ref(), "3s".as_ref()],
+        |node| node.ctd.kill_containerd(),
     );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let r = run.report();
     assert_eq!(r["status"], "failed");
     assert_eq!(r["summary"]["removed"], 0);
     // a, b and clean were targets; the pause image never was (the sandbox
@@ -242,47 +224,21 @@ fn containerd_killed_mid_pass_fails_cleanly_with_accurate_counts() {
 #[test]
 fn once_the_runtime_stops_answering_the_remaining_removals_are_not_attempted() {
     let Some(mut node) = small_node() else { return };
-    let snapshot = node.work.path().join("snapshot.yaml");
-    let spin = node.file("spin.txt", "3000000000");
-    scour_testkit::guests::hostile_guest("slow_remove_all");
-    let (child, report) = node
-        .worker(scour())
-        .arg("--policy")
-        .arg(scour_testkit::guests::hostile_guest_path("slow_remove_all"))
-        .arg("--settings")
-        .arg(&spin)
-        .args([
-            "--policy-timeout",
-            "120s",
-            "--cri-timeout",
-            "3s",
-            "--remove-concurrency",
-            "1",
-        ])
-        .arg("--snapshot-out")
-        .arg(&snapshot)
-        .spawn();
-    let started = Instant::now();
-    while !snapshot.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no snapshot");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    node.ctd.kill_containerd();
-    let killed = Instant::now();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut killed = None;
+    let args = ["--cri-timeout", "3s", "--remove-concurrency", "1"].map(std::ffi::OsStr::new);
+    let run = node.while_deciding(scour(), "3000000000", &args, |node| {
+        node.ctd.kill_containerd();
+        killed = Some(Instant::now());
+    });
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
     // One removal waits out the CRI timeout; the others do not wait at all.
+    let killed = killed.expect("killed while the policy decided");
     assert!(
         killed.elapsed() < Duration::from_secs(15),
         "took {:?}",
         killed.elapsed()
     );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = run.report();
     assert_eq!(r["status"], "failed");
     assert_eq!(r["summary"]["removed"], 0);
     assert_eq!(r["summary"]["failed"], 1, "{r}");

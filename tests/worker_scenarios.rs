@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use scour_testkit::containerd::block_on;
 use scour_testkit::fake_trivy::counting_trivy;
 use scour_testkit::guests::hostile_guest_path;
-use scour_testkit::scenario::{Run, TestNode, clean, end_of_life, runnable_vulnerable, vulnerable};
+use scour_testkit::scenario::{Run, TestNode, clean, end_of_life, runnable_vulnerable, vulnerable, wait_for};
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
@@ -402,42 +402,6 @@ fn system_excluded_images_survive_a_policy_that_removes_everything() {
     assert_eq!(run.report()["policy"]["name"], "hostile-remove-all");
 }
 
-/// Runs a pass whose policy spins for `spin` loop iterations in `decide`
-/// and then removes everything, and calls `act` while it spins: the
-/// snapshot is written just before decide, so its appearance is the cue.
-fn while_deciding(node: &TestNode, spin: &str, args: &[&Path], act: impl FnOnce(&TestNode)) -> Run {
-    let snapshot = node.work.path().join("snapshot.yaml");
-    let spin = node.file("spin.txt", spin);
-    let mut worker = node.worker(scour());
-    for arg in args {
-        worker = worker.arg(arg);
-    }
-    let (child, report) = worker
-        .arg("--policy")
-        .arg(hostile("slow_remove_all"))
-        .arg("--settings")
-        .arg(&spin)
-        .args(["--policy-timeout", "120s", "--snapshot-out"])
-        .arg(&snapshot)
-        .spawn();
-    wait_for(&snapshot, Duration::from_secs(60));
-    act(node);
-    let output = child.wait_with_output().unwrap();
-    Run {
-        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
-        output,
-    }
-}
-
-/// Waits for a file to appear (written atomically by the worker).
-fn wait_for(path: &Path, limit: Duration) {
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(started.elapsed() < limit, "{} did not appear", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_container_created_between_decide_and_remove_keeps_its_image() {
     let Some(mut node) = TestNode::start() else { return };
@@ -446,7 +410,7 @@ fn a_container_created_between_decide_and_remove_keeps_its_image() {
         ("other", clean("localhost/test/other:1", "other")),
     ]);
     let target = node.id("target");
-    let run = while_deciding(&node, "4000000000", &[], |node| {
+    let run = node.while_deciding(scour(), "4000000000", &[], |node| {
         block_on(async {
             let pod = node.ctd.run_pod("late").await.unwrap();
             node.ctd.create_container(&pod, &target, "late", false).await.unwrap();
@@ -474,10 +438,10 @@ fn an_image_that_gains_a_protected_name_while_the_policy_decides_survives() {
     let system = node.file("system.json", r#"{"excluded": ["localhost/protected/*"]}"#);
     // A pull of a protected name resolves to the same image id: removing the
     // id would take the protected name with it.
-    let run = while_deciding(
-        &node,
+    let run = node.while_deciding(
+        scour(),
         "3000000000",
-        &[Path::new("--system-exclusions"), &system],
+        &["--system-exclusions".as_ref(), system.as_os_str()],
         |node| {
             let tagged = node
                 .ctd
@@ -514,7 +478,7 @@ fn an_image_removed_by_someone_else_meanwhile_is_reported_not_found() {
     ]);
     // Someone else removes it through CRI while the policy decides.
     let gone = node.id("gone");
-    let run = while_deciding(&node, "3000000000", &[], |node| {
+    let run = node.while_deciding(scour(), "3000000000", &[], |node| {
         block_on(async {
             let cri = node.ctd.cri_client().await.unwrap();
             cri.remove_image(&gone).await.unwrap();

@@ -3,8 +3,10 @@
 //! `scour worker` binary against them.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -225,6 +227,50 @@ impl Worker {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         (self.cmd.spawn().expect("starting scour worker"), self.report)
+    }
+}
+
+impl TestNode {
+    /// Runs a pass whose policy spins for `spin` loop iterations in `decide`
+    /// and then removes everything, with `args` added, and calls `act` while
+    /// it spins: the snapshot is written just before decide, so its
+    /// appearance is the cue.
+    pub fn while_deciding(
+        &mut self,
+        scour: &Path,
+        spin: &str,
+        args: &[&OsStr],
+        act: impl FnOnce(&mut TestNode),
+    ) -> Run {
+        let snapshot = self.work.path().join("snapshot.yaml");
+        let spin = self.file("spin.txt", spin);
+        crate::guests::hostile_guest("slow_remove_all");
+        let (child, report) = self
+            .worker(scour)
+            .args(args)
+            .arg("--policy")
+            .arg(crate::guests::hostile_guest_path("slow_remove_all"))
+            .arg("--settings")
+            .arg(&spin)
+            .args(["--policy-timeout", "120s", "--snapshot-out"])
+            .arg(&snapshot)
+            .spawn();
+        wait_for(&snapshot, Duration::from_secs(60));
+        act(self);
+        let output = child.wait_with_output().unwrap();
+        Run {
+            report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
+            output,
+        }
+    }
+}
+
+/// Waits for a file to appear (the worker writes its files atomically).
+pub fn wait_for(path: &Path, limit: Duration) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(started.elapsed() < limit, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
