@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use scour::config::Loaded;
+use scour::controller::CONFIG_KEY;
 use scour_policy_sdk::{ImageNames, PatternSet};
 use scour_testkit::gate::{on_path, skip};
 use scour_testkit::guests::workspace_root;
@@ -32,7 +33,6 @@ const MANIFESTS: &str = "deploy/manifests";
 const MANIFEST: &str = "deploy/manifests/scour.yaml";
 const NAMESPACE: &str = "kube-system";
 const CONFIG_MAP: &str = "eraser-manager-config";
-const CONFIG_KEY: &str = "controller_manager_config.yaml";
 const SYSTEM_EXCLUSIONS: &str = "eraser-system-exclusion";
 const CONTROLLER: &str = "scour-controller";
 const WORKER_SA: &str = "scour-worker";

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::crd::{ImageJob, Trigger};
 use super::error::{Error, Result};
+use super::reconcile::CONFIG_KEY;
 use crate::config::{Loaded, Resources};
 
 pub const CONTAINER: &str = "worker";
@@ -26,7 +27,6 @@ const ANNOTATION_IMAGELIST: &str = "scour.dev/imagelist";
 
 const CRI_SOCKET: &str = "/run/cri/cri.sock";
 const CONFIG_DIR: &str = "/etc/scour/config";
-const CONFIG_KEY: &str = "controller_manager_config.yaml";
 const POLICY_DIR: &str = "/etc/scour/policy";
 const SYSTEM_EXCLUSIONS_DIR: &str = "/etc/scour/exclusions/system";
 const USER_EXCLUSIONS_DIR: &str = "/etc/scour/exclusions/user";

@@ -270,6 +270,19 @@ impl fmt::Debug for PrivateContainerd {
 }
 
 impl PrivateContainerd {
+    /// An instance on `dir` with no process yet; dropping it tears down
+    /// whatever is there.
+    fn unstarted(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            tmpfs: false,
+            child: None,
+            pid: 0,
+            ids: Mutex::new(BTreeSet::new()),
+            imports: AtomicU64::new(0),
+        }
+    }
+
     /// Creates `/tmp/scour-ctd-<pid>-<n>` (a tmpfs when root), writes the
     /// config, spawns containerd in its own process group (log in
     /// `DIR/containerd.log`), waits until CRI answers `Version` and
@@ -278,15 +291,7 @@ impl PrivateContainerd {
     pub fn start() -> Result<Self> {
         reap_orphans();
         note_new_cgroup_parents();
-        let dir = make_instance_dir()?;
-        let mut ctd = Self {
-            dir,
-            tmpfs: false,
-            child: None,
-            pid: 0,
-            ids: Mutex::new(BTreeSet::new()),
-            imports: AtomicU64::new(0),
-        };
+        let mut ctd = Self::unstarted(make_instance_dir()?);
         // From here on, an early return drops `ctd`, which cleans up.
         ctd.prepare_dir()?;
         ctd.spawn()?;
@@ -1005,14 +1010,7 @@ fn reap_orphans() {
             let mut made = cgroup_parents_we_made().lock().unwrap_or_else(|e| e.into_inner());
             made.extend(cgroup_mounts().into_iter().map(|m| m.join(CRI_NAMESPACE)));
             drop(made);
-            drop(PrivateContainerd {
-                dir,
-                tmpfs: false,
-                child: None,
-                pid: 0,
-                ids: Mutex::new(BTreeSet::new()),
-                imports: AtomicU64::new(0),
-            });
+            drop(PrivateContainerd::unstarted(dir));
         }
     });
 }
