@@ -36,8 +36,9 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Builds `dir` to `out` and runs its golden cases; returns how many passed.
-fn build_and_test(dir: &Path, out: &Path, py: &Path, js: &Path) -> usize {
+/// Builds `dir` to `out` and runs its golden cases at `log_level`; returns
+/// how many passed and what the run logged (the policy's own messages too).
+fn build_and_test(dir: &Path, out: &Path, py: &Path, js: &Path, log_level: &str) -> (usize, String) {
     let built = scour(
         &[
             "policy".as_ref(),
@@ -53,6 +54,8 @@ fn build_and_test(dir: &Path, out: &Path, py: &Path, js: &Path) -> usize {
     assert!(text(&built).contains("built "), "{}", text(&built));
     let tested = scour(
         &[
+            "--log-level".as_ref(),
+            log_level.as_ref(),
             "policy".as_ref(),
             "test".as_ref(),
             "--policy".as_ref(),
@@ -70,15 +73,18 @@ fn build_and_test(dir: &Path, out: &Path, py: &Path, js: &Path) -> usize {
         .find(|l| l.ends_with(" failed"))
         .expect("a summary line");
     assert!(summary.ends_with("passed, 0 failed"), "{summary}");
-    summary.split(' ').next().unwrap().parse().unwrap()
+    let passed = summary.split(' ').next().unwrap().parse().unwrap();
+    (passed, String::from_utf8_lossy(&tested.stderr).into_owned())
 }
 
-fn example(name: &str) -> usize {
-    let Some((py, js)) = toolchains() else { return 0 };
+/// Builds and tests an example; returns what its case run logged at
+/// `log_level`, or nothing when the toolchains are missing (outside CI).
+fn example(name: &str, log_level: &str) -> Option<String> {
+    let (py, js) = toolchains()?;
     let out_dir = workspace_root().join("target/policy-examples");
     std::fs::create_dir_all(&out_dir).unwrap();
     let dir = workspace_root().join("guest-examples").join(name);
-    let passed = build_and_test(&dir, &out_dir.join(format!("{name}.wasm")), &py, &js);
+    let (passed, logs) = build_and_test(&dir, &out_dir.join(format!("{name}.wasm")), &py, &js, log_level);
     assert!(passed >= 8, "{name}: only {passed} cases");
     // Invalid settings are among them, rejected with the key's name.
     let cases = std::fs::read_to_string(dir.join("tests/cases.yaml")).unwrap();
@@ -86,51 +92,26 @@ fn example(name: &str) -> usize {
         cases.contains("expectError: \"unknown setting `"),
         "{name} lacks an unknown-setting case"
     );
-    passed
+    Some(logs)
 }
 
 #[test]
 fn the_rust_retention_example_builds_and_passes_its_cases() {
-    example("rust-retention");
+    example("rust-retention", "warn");
 }
 
 #[test]
 fn the_python_cve_allowlist_example_builds_and_passes_its_cases() {
-    if example("python-cve-allowlist") > 0 {
-        let logs = logged_while_testing("python-cve-allowlist", "debug");
+    if let Some(logs) = example("python-cve-allowlist", "debug") {
         assert!(logs.contains("images to remove, allowlist of"), "{logs}");
     }
 }
 
 #[test]
 fn the_js_disk_pressure_example_builds_and_passes_its_cases() {
-    if example("js-disk-pressure") > 0 {
-        let logs = logged_while_testing("js-disk-pressure", "info");
+    if let Some(logs) = example("js-disk-pressure", "info") {
         assert!(logs.contains("% used: removing "), "{logs}");
     }
-}
-
-/// What the built example logs through `scour:policy/log` while its cases run.
-fn logged_while_testing(name: &str, level: &str) -> String {
-    let (py, js) = toolchains().expect("checked by the caller");
-    let root = workspace_root();
-    let policy = root.join("target/policy-examples").join(format!("{name}.wasm"));
-    let cases = root.join("guest-examples").join(name).join("tests");
-    let o = scour(
-        &[
-            "--log-level".as_ref(),
-            level.as_ref(),
-            "policy".as_ref(),
-            "test".as_ref(),
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            cases.as_os_str(),
-        ],
-        &py,
-        &js,
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -154,7 +135,11 @@ fn scaffolds_pass_their_own_case_in_every_language() {
         );
         assert!(created.status.success(), "{}", text(&created));
         assert!(dir.join("wit/policy.wit").is_file() && dir.join("tests/cases.yaml").is_file());
-        assert_eq!(build_and_test(&dir, &dir.join("policy.wasm"), &py, &js), 1, "{lang}");
+        assert_eq!(
+            build_and_test(&dir, &dir.join("policy.wasm"), &py, &js, "warn").0,
+            1,
+            "{lang}"
+        );
     }
 }
 
