@@ -26,10 +26,20 @@ pub fn bounded(s: String, max_bytes: usize) -> String {
     out
 }
 
+/// Text from a policy, fit for a log line: cut to `max_bytes` (see
+/// [`bounded`]), then made [`printable`].
+pub fn loggable(s: String, max_bytes: usize) -> String {
+    let s = bounded(s, max_bytes);
+    match printable(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
+}
+
 /// `s` with control characters (newlines, carriage returns, escapes)
 /// written as escapes, so text from a policy stays on one log line and
 /// cannot pose as scour's own output.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.chars().any(char::is_control) {
         return s.into();
     }

@@ -241,10 +241,9 @@ pub(crate) fn action(a: wit::Action) -> sdk::Action {
 /// Name and version come from the guest and end up in every log line and
 /// report about it: cut short and made printable.
 pub(crate) fn info(i: wit::PolicyInfo) -> sdk::PolicyInfo {
-    let label = |s: String| crate::text::printable(&crate::text::bounded(s, MAX_LABEL_BYTES)).into_owned();
     sdk::PolicyInfo {
-        name: label(i.name),
-        version: label(i.version),
+        name: crate::text::loggable(i.name, MAX_LABEL_BYTES),
+        version: crate::text::loggable(i.version, MAX_LABEL_BYTES),
         max_findings: i.max_findings,
     }
 }

@@ -46,10 +46,6 @@ impl ArtifactCache {
         }
     }
 
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
     /// `$SCOUR_CACHE_DIR`, else `$XDG_CACHE_HOME/scour/policies`, else
     /// `$HOME/.cache/scour/policies`.
     pub fn default_dir() -> Option<PathBuf> {

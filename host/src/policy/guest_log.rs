@@ -5,9 +5,9 @@ use super::Call;
 use super::loaded::wit::scour::policy::log::{Host, Level};
 
 /// Messages kept per call; later ones are counted and dropped.
-pub const MAX_MESSAGES: usize = 100;
+const MAX_MESSAGES: usize = 100;
 /// Longer messages are cut.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// One call's messages.
 #[derive(Debug, Default)]
@@ -17,16 +17,6 @@ pub(crate) struct GuestLog {
 }
 
 impl GuestLog {
-    fn push(&mut self, level: Level, message: String) {
-        if self.messages.len() >= MAX_MESSAGES {
-            self.dropped += 1;
-            return;
-        }
-        let message = crate::text::bounded(message, MAX_MESSAGE_BYTES);
-        let message = crate::text::printable(&message).into_owned();
-        self.messages.push((level, message));
-    }
-
     /// Writes the messages to the host's log as the policy's own, under the
     /// `scour::policy::guest` target.
     pub(crate) fn forward(&self, policy: &str, call: Call) {
@@ -55,6 +45,11 @@ impl GuestLog {
 
 impl Host for GuestLog {
     fn emit(&mut self, level: Level, message: String) {
-        self.push(level, message);
+        if self.messages.len() >= MAX_MESSAGES {
+            self.dropped += 1;
+            return;
+        }
+        self.messages
+            .push((level, crate::text::loggable(message, MAX_MESSAGE_BYTES)));
     }
 }

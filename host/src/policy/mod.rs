@@ -24,7 +24,6 @@ use std::time::Duration;
 
 pub use cache::ArtifactCache;
 pub use engine::{Budget, Limits, PolicyEngine};
-pub use guest_log::{MAX_MESSAGE_BYTES, MAX_MESSAGES};
 pub use handle::{HandleStatus, PolicyHandle};
 pub use loaded::{DecisionSet, INTERFACE, LoadStats, LoadedPolicy, WORLD};
 pub use source::{DigestPin, PolicySource, embedded_default_policy};
