@@ -678,10 +678,9 @@ impl Loaded {
     /// `delayOnFailure` (default 10m): how long finished worker pods stay.
     pub fn cleanup_delays(&self) -> (Duration, Duration) {
         let c = &self.config.manager.image_job.cleanup;
-        let get = |v: &Option<String>, d| v.as_deref().and_then(|t| parse_go_duration(t).ok()).unwrap_or(d);
         (
-            get(&c.delay_on_success, Duration::ZERO),
-            get(&c.delay_on_failure, Duration::from_secs(600)),
+            duration(&c.delay_on_success).unwrap_or(Duration::ZERO),
+            duration(&c.delay_on_failure).unwrap_or(Duration::from_secs(600)),
         )
     }
 
@@ -699,26 +698,14 @@ impl Loaded {
     /// `scour.rollout.nodeTimeout`; by default the scan budget
     /// (`timeout.total`, else the worker's 1h) plus an hour for the rest.
     pub fn node_timeout(&self) -> Duration {
-        self.config
-            .scour
-            .rollout
-            .node_timeout
-            .as_deref()
-            .and_then(|t| parse_go_duration(t).ok())
-            .unwrap_or_else(|| {
-                self.scan_total_timeout().unwrap_or(Duration::from_secs(3600)) + Duration::from_secs(3600)
-            })
+        duration(&self.config.scour.rollout.node_timeout).unwrap_or_else(|| {
+            self.scan_total_timeout().unwrap_or(Duration::from_secs(3600)) + Duration::from_secs(3600)
+        })
     }
 
     /// `scour.rollout.pendingTimeout`, default 10m.
     pub fn pending_timeout(&self) -> Duration {
-        self.config
-            .scour
-            .rollout
-            .pending_timeout
-            .as_deref()
-            .and_then(|t| parse_go_duration(t).ok())
-            .unwrap_or(Duration::from_secs(600))
+        duration(&self.config.scour.rollout.pending_timeout).unwrap_or(Duration::from_secs(600))
     }
 
     /// `manager.runtime.address`.
@@ -763,20 +750,18 @@ impl Loaded {
     }
 
     pub fn scan_total_timeout(&self) -> Option<Duration> {
-        self.scanner
-            .timeout
-            .total
-            .as_deref()
-            .and_then(|t| parse_go_duration(t).ok())
+        duration(&self.scanner.timeout.total)
     }
 
     pub fn scan_per_image_timeout(&self) -> Option<Duration> {
-        self.scanner
-            .timeout
-            .per_image
-            .as_deref()
-            .and_then(|t| parse_go_duration(t).ok())
+        duration(&self.scanner.timeout.per_image)
     }
+}
+
+/// An optional Go duration from the config. Loading checked every one, so
+/// a value that does not parse here was never accepted.
+fn duration(value: &Option<String>) -> Option<Duration> {
+    value.as_deref().and_then(|t| parse_go_duration(t).ok())
 }
 
 #[cfg(test)]
