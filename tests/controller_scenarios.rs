@@ -199,6 +199,17 @@ fn seed_imagelist() -> ImageList {
     serde_yaml::from_str(SEED_IMAGELIST).expect("the seed ImageList parses")
 }
 
+/// A cluster of `nodes` with automatic runs off, where the seed ImageList
+/// was just created and its manual run started: the cluster, the ImageList
+/// API and the run's name.
+async fn manual_run_started(nodes_count: usize) -> (Cluster, Api<ImageList>, String) {
+    let mut c = Cluster::new(nodes(nodes_count), &automatic_off()).await;
+    let lists: Api<ImageList> = Api::all(c.client());
+    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
+    let name = started(c.tick().await);
+    (c, lists, name)
+}
+
 fn started(tick: Tick) -> String {
     match tick {
         Tick::Started(name) => name,
@@ -477,11 +488,7 @@ async fn an_applied_imagelist_leads_to_a_run_and_then_to_its_status() {
 
 #[tokio::test]
 async fn a_spec_change_during_a_run_is_queued_and_runs_next() {
-    let config = automatic_off();
-    let mut c = Cluster::new(nodes(2), &config).await;
-    let lists: Api<ImageList> = Api::all(c.client());
-    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
-    let first = started(c.tick().await);
+    let (mut c, lists, first) = manual_run_started(2).await;
     c.advance(5);
     c.tick().await;
 
@@ -502,11 +509,7 @@ async fn a_spec_change_during_a_run_is_queued_and_runs_next() {
 
 #[tokio::test]
 async fn deleting_and_recreating_the_imagelist_triggers_again() {
-    let config = automatic_off();
-    let mut c = Cluster::new(nodes(1), &config).await;
-    let lists: Api<ImageList> = Api::all(c.client());
-    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
-    let first = started(c.tick().await);
+    let (mut c, lists, first) = manual_run_started(1).await;
     c.run_to_completion(1).await;
 
     lists.delete("imagelist", &DeleteParams::default()).await.unwrap();
@@ -837,11 +840,7 @@ fn validate(schema: &serde_json::Value, value: &serde_json::Value, path: &str) -
 
 #[tokio::test]
 async fn deleting_the_imagelist_mid_run_lets_the_run_finish_without_writing_status() {
-    let config = automatic_off();
-    let mut c = Cluster::new(nodes(2), &config).await;
-    let lists: Api<ImageList> = Api::all(c.client());
-    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
-    let name = started(c.tick().await);
+    let (mut c, lists, name) = manual_run_started(2).await;
     c.advance(5);
     c.tick().await;
     lists.delete("imagelist", &DeleteParams::default()).await.unwrap();
