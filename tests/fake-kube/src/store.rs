@@ -908,24 +908,17 @@ impl Store {
     fn delete_one(&mut self, ctx: &Ctx, key: &ObjKey, options: &Value) -> Result<Value, Reply> {
         let name = key.1.as_str();
         let stored = self.stored(ctx, name)?;
-        let precondition = |field: &str| options["preconditions"][field].as_str().filter(|s| !s.is_empty());
-        if let Some(uid) = precondition("uid")
-            && Some(uid) != meta_str(&stored, "uid")
-        {
-            let why = format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                meta_str(&stored, "uid").unwrap_or_default()
-            );
-            return Err(ctx.conflict(name, &why));
-        }
-        if let Some(rv) = precondition("resourceVersion")
-            && Some(rv) != meta_str(&stored, "resourceVersion")
-        {
-            let why = format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                meta_str(&stored, "resourceVersion").unwrap_or_default()
-            );
-            return Err(ctx.conflict(name, &why));
+        for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+            let wanted = options["preconditions"][field].as_str().filter(|s| !s.is_empty());
+            if let Some(wanted) = wanted
+                && Some(wanted) != meta_str(&stored, field)
+            {
+                let why = format!(
+                    "Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {}",
+                    meta_str(&stored, field).unwrap_or_default()
+                );
+                return Err(ctx.conflict(name, &why));
+            }
         }
         let dry_run = ctx.dry_run
             || options["dryRun"]
