@@ -268,9 +268,8 @@ fn once_the_runtime_stops_answering_the_remaining_removals_are_not_attempted() {
     );
 }
 
-/// A worker pass with scanning off against the fake runtime; it must exit
-/// 0. Returns the JSON report.
-fn scan_free_pass(fake: &FakeCri) -> serde_json::Value {
+/// A worker pass with scanning off against the fake runtime; it must exit 0.
+fn scan_free_pass(fake: &FakeCri) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("settings.json");
     std::fs::write(&settings, r#"{"scanDisabled": true}"#).unwrap();
@@ -286,7 +285,10 @@ fn scan_free_pass(fake: &FakeCri) -> serde_json::Value {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    Run {
+        report: Some(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()),
+        output: out,
+    }
 }
 
 #[test]
@@ -304,24 +306,11 @@ fn an_old_pause_image_that_running_pods_still_use_is_kept_in_use() {
         sandboxes: vec![("pod-1".into(), "registry.k8s.io/pause:3.6".into())],
         ..Default::default()
     }));
-    let r = scan_free_pass(&fake);
+    let run = scan_free_pass(&fake);
     let removed = fake.state.lock().unwrap().removed.clone();
     assert_eq!(removed, ["sha256:bbb"], "only the unused image goes");
-    let verdict = |id: &str| {
-        let i = r["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"] == id)
-            .unwrap()
-            .clone();
-        (
-            i["action"].as_str().unwrap().to_owned(),
-            i["reason"].as_str().unwrap().to_owned(),
-        )
-    };
-    assert_eq!(verdict("sha256:a36"), ("kept".to_owned(), "in-use".to_owned()));
-    assert_eq!(verdict("sha256:a310").0, "kept");
+    assert_eq!(run.verdict("sha256:a36"), ("kept".to_owned(), "in-use".to_owned()));
+    assert_eq!(run.verdict("sha256:a310").0, "kept");
 }
 
 #[test]
@@ -341,32 +330,19 @@ fn a_refused_removal_is_a_per_image_failure() {
         fail_remove: [("sha256:aaa".to_owned(), "image is locked by a snapshot".to_owned())].into(),
         ..Default::default()
     }));
-    let r = scan_free_pass(&fake);
-    assert_eq!(r["status"], "degraded");
-    let by_id = |id: &str| {
-        r["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"] == id)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(by_id("sha256:aaa")["action"], "failed");
-    assert!(
-        by_id("sha256:aaa")["reason"]
-            .as_str()
-            .unwrap()
-            .contains("image is locked by a snapshot")
-    );
-    assert_eq!(by_id("sha256:bbb")["action"], "removed");
+    let run = scan_free_pass(&fake);
+    assert_eq!(run.status(), "degraded");
+    let (action, reason) = run.verdict("sha256:aaa");
+    assert_eq!(action, "failed");
+    assert!(reason.contains("image is locked by a snapshot"));
+    assert_eq!(run.verdict("sha256:bbb").0, "removed");
     assert_eq!(
-        by_id("sha256:ccc")["action"],
+        run.verdict("sha256:ccc").0,
         "kept",
         "an exited container still uses its image"
     );
-    assert_eq!(r["summary"]["failed"], 1);
-    assert_eq!(r["summary"]["bytesFreed"], 200);
+    assert_eq!(run.summary("failed"), 1);
+    assert_eq!(run.summary("bytesFreed"), 200);
     assert_eq!(
         fake.image_ids(),
         ["sha256:aaa".to_owned(), "sha256:ccc".to_owned()].into()
