@@ -1,192 +1,55 @@
-//! The cluster controller against an in-memory API server (kube-rs's
-//! tower-test mock pattern): automatic and manual runs, the rollout cap,
-//! the Pending timeout, restarts, fail-closed exclusions, config errors and
-//! leader election. Time is the test's own clock, passed to each tick.
+//! The cluster controller against a real kube-apiserver (1.20) and etcd:
+//! automatic and manual runs, the rollout cap, timeouts, restarts,
+//! fail-closed exclusions, config errors, leader election, status,
+//! conditions, events and metrics. The controller runs as the chart's
+//! ServiceAccount under the chart's RBAC, and on a clock the test moves
+//! (`Cluster::advance`); the test plays the kubelet by writing worker pods'
+//! status.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, NodeSpec, Pod, Taint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{NodeSpec, Pod, ResourceQuota, Taint};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use scour::controller::crd::{ImageJob, ImageList, JobPhase, NodePhase, Trigger};
-use scour::controller::metrics::Metrics;
-use scour::controller::{Controller, Options, Tick};
-use scour::report::{ImageEntry, Status, Summary, TerminationSummary};
-use scour_fake_kube::FakeApi;
-use scour_policy_sdk::Mode;
+use scour::controller::{CONFIG_KEY, Tick};
+use scour::report::{Status, TerminationSummary};
+use scour_testkit::cluster::{Cluster, NS, config_map, create, node, summary};
+use scour_testkit::control_plane::validating_webhook_args;
 
-const NS: &str = "kube-system";
 const CONFIG: &str = include_str!("data/controller/eraser-manager-config.yaml");
 const SEED_IMAGELIST: &str = include_str!("data/controller/imagelist.yaml");
+const SYSTEM_EXCLUSIONS: &str = r#"{"excluded": ["registry.k8s.io/pause:*", "ghcr.io/scour-dev/scour:*"]}"#;
 
-struct Cluster {
-    fake: FakeApi,
-    now: Timestamp,
-    controller: Controller,
+/// A real control plane with scour installed, `nodes`, the config and the
+/// system exclusion list, and one controller replica running; `None` when
+/// the test skips.
+async fn cluster(nodes: Vec<k8s_openapi::api::core::v1::Node>, config: &str) -> Option<Cluster> {
+    let mut c = Cluster::start().await?;
+    for n in &nodes {
+        c.apply(n).await;
+    }
+    set_config(&c, config).await;
+    c.apply(&config_map(
+        "eraser-system-exclusion",
+        "system.json",
+        SYSTEM_EXCLUSIONS,
+        false,
+    ))
+    .await;
+    c.start_controller(Cluster::options("replica-a")).await;
+    Some(c)
 }
 
-impl Cluster {
-    async fn new(nodes: Vec<Node>, config: &str) -> Self {
-        let fake = FakeApi::new();
-        for n in &nodes {
-            fake.seed(n);
-        }
-        fake.seed(&config_map(
-            "eraser-manager-config",
-            "controller_manager_config.yaml",
-            config,
-            false,
-        ));
-        fake.seed(&config_map(
-            "eraser-system-exclusion",
-            "system.json",
-            r#"{"excluded": ["registry.k8s.io/pause:*", "ghcr.io/scour-dev/scour:*"]}"#,
-            false,
-        ));
-        let now: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
-        let controller = replica(&fake, "replica-a");
-        Self { fake, now, controller }
-    }
-
-    async fn tick(&mut self) -> Tick {
-        self.controller.tick(self.now).await.expect("the tick succeeds")
-    }
-
-    fn advance(&mut self, seconds: i64) {
-        self.now = self.now.checked_add(SignedDuration::from_secs(seconds)).unwrap();
-    }
-
-    fn pods(&self) -> Vec<Pod> {
-        self.fake.list::<Pod>()
-    }
-
-    fn unfinished_pods(&self) -> Vec<Pod> {
-        self.pods()
-            .into_iter()
-            .filter(|p| {
-                !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-            .collect()
-    }
-
-    /// The kubelet's part: every unfinished pod ends, its worker reporting
-    /// `removed` images.
-    fn finish_pods(&self, removed: usize) {
-        for pod in self.unfinished_pods() {
-            let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
-            self.fake.finish_pod(NS, &pod.name_any(), 0, &summary(&node, removed));
-        }
-    }
-
-    fn job(&self, name: &str) -> ImageJob {
-        self.fake.get::<ImageJob>(None, name).expect("the ImageJob exists")
-    }
-
-    fn jobs(&self) -> Vec<ImageJob> {
-        self.fake.list::<ImageJob>()
-    }
-
-    fn events(&self) -> Vec<Event> {
-        self.fake.list::<Event>()
-    }
-
-    fn set_config(&self, text: &str) {
-        self.fake.seed(&config_map(
-            "eraser-manager-config",
-            "controller_manager_config.yaml",
-            text,
-            false,
-        ));
-    }
-
-    /// Ticks, finishing pods as they start, until the run finishes.
-    async fn run_to_completion(&mut self, removed: usize) -> ImageJob {
-        for _ in 0..200 {
-            self.advance(5);
-            match self.tick().await {
-                Tick::Finished(name) => return self.job(&name),
-                Tick::Started(_) | Tick::Running(_) => self.finish_pods(removed),
-                other => panic!("unexpected tick during a run: {other:?}"),
-            }
-        }
-        panic!("the run did not finish");
-    }
-
-    fn client(&self) -> kube::Client {
-        self.fake.client(NS)
-    }
+async fn set_config(c: &Cluster, text: &str) {
+    c.apply(&config_map("eraser-manager-config", CONFIG_KEY, text, false))
+        .await;
 }
 
-fn replica(fake: &FakeApi, identity: &str) -> Controller {
-    let mut opts = Options::new(NS, identity);
-    opts.worker_image = Some("ghcr.io/scour-dev/scour:fallback".into());
-    Controller::new(fake.client(NS), opts, Arc::new(Metrics::default()))
-}
-
-fn node(name: &str, labels: &[(&str, &str)]) -> Node {
-    let mut all: BTreeMap<String, String> = BTreeMap::from([("kubernetes.io/os".into(), "linux".into())]);
-    for (k, v) in labels {
-        all.insert((*k).into(), (*v).into());
-    }
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(all),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-fn nodes(n: usize) -> Vec<Node> {
+fn nodes(n: usize) -> Vec<k8s_openapi::api::core::v1::Node> {
     (0..n).map(|i| node(&format!("node-{i:04}"), &[])).collect()
-}
-
-fn config_map(name: &str, key: &str, value: &str, exclusion: bool) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            labels: exclusion.then(|| BTreeMap::from([("eraser.sh/exclude.list".into(), "true".into())])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(key.into(), value.into())])),
-        ..Default::default()
-    }
-}
-
-fn summary(node: &str, removed: usize) -> String {
-    let s = TerminationSummary {
-        status: Status::Ok,
-        node: node.into(),
-        mode: Mode::Automatic,
-        dry_run: false,
-        policy: "sha256:0000".into(),
-        summary: Summary {
-            images: 10,
-            removed,
-            kept: 10 - removed,
-            bytes_freed: 1000 * removed as u64,
-            ..Default::default()
-        },
-        removed: (0..removed)
-            .map(|i| ImageEntry {
-                id: format!("{i:012x}"),
-                image: "docker.io/library/alpine:3.7.3".into(),
-                reason: "vulnerable: 1 CRITICAL".into(),
-            })
-            .collect(),
-        failed: Vec::new(),
-        errors: Vec::new(),
-        omitted: 0,
-    };
-    serde_json::to_string(&s).unwrap()
 }
 
 /// The scenario config with automatic runs switched off
@@ -199,22 +62,57 @@ fn seed_imagelist() -> ImageList {
     serde_yaml::from_str(SEED_IMAGELIST).expect("the seed ImageList parses")
 }
 
-/// A cluster of `nodes` with automatic runs off, where the seed ImageList
-/// was just created and its manual run started: the cluster, the ImageList
-/// API and the run's name.
-async fn manual_run_started(nodes_count: usize) -> (Cluster, Api<ImageList>, String) {
-    let mut c = Cluster::new(nodes(nodes_count), &automatic_off()).await;
-    let lists: Api<ImageList> = Api::all(c.client());
-    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
-    let name = started(c.tick().await);
-    (c, lists, name)
+/// Waits for the first ImageJob and returns its name.
+async fn first_run(c: &Cluster) -> String {
+    next_run(c, &[]).await
 }
 
-fn started(tick: Tick) -> String {
-    match tick {
-        Tick::Started(name) => name,
-        other => panic!("expected a run to start, got {other:?}"),
-    }
+/// Waits for an ImageJob not in `seen` and returns its name.
+async fn next_run(c: &Cluster, seen: &[String]) -> String {
+    c.eventually("a new run", || async move {
+        c.jobs().await.iter().map(|j| j.name_any()).find(|n| !seen.contains(n))
+    })
+    .await
+}
+
+/// Waits for `count` worker pods that have not finished.
+async fn pods_running(c: &Cluster, count: usize) -> Vec<Pod> {
+    c.eventually(&format!("{count} worker pods"), || async move {
+        let pods = c.unfinished_pods().await;
+        (pods.len() == count).then_some(pods)
+    })
+    .await
+}
+
+/// Waits until the ImageJob `name` has finished.
+async fn finished(c: &Cluster, name: &str) -> ImageJob {
+    c.eventually(&format!("run {name} to finish"), || async move {
+        let job = c.job(name).await;
+        let phase = job.status.as_ref().and_then(|s| s.phase);
+        phase.is_some_and(|p| p != JobPhase::Running).then_some(job)
+    })
+    .await
+}
+
+/// Ends worker pods as they start, each removing `removed` images, until
+/// the run `name` finishes.
+async fn run_to_completion(c: &Cluster, name: &str, removed: usize) -> ImageJob {
+    c.eventually(&format!("run {name} to complete"), || async move {
+        c.finish_pods(removed).await;
+        let job = c.job(name).await;
+        let phase = job.status.as_ref().and_then(|s| s.phase);
+        phase.is_some_and(|p| p != JobPhase::Running).then_some(job)
+    })
+    .await
+}
+
+/// A manual run of the seed ImageList on `nodes` with automatic runs off.
+async fn manual_run_started(nodes_count: usize) -> Option<(Cluster, Api<ImageList>, String)> {
+    let c = cluster(nodes(nodes_count), &automatic_off()).await?;
+    let lists: Api<ImageList> = Api::all(c.admin.clone());
+    create(&lists, &seed_imagelist()).await;
+    let name = first_run(&c).await;
+    Some((c, lists, name))
 }
 
 fn args(pod: &Pod) -> Vec<String> {
@@ -222,6 +120,31 @@ fn args(pod: &Pod) -> Vec<String> {
         .args
         .clone()
         .unwrap_or_default()
+}
+
+fn env_value(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec.as_ref()?.containers[0]
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// The pod's command line is one the real `scour worker` accepts.
+fn parses_as_a_worker(pod: &Pod) {
+    use clap::Parser;
+    let argv = std::iter::once("scour".to_owned()).chain(args(pod));
+    if let Err(e) = scour::cli::Cli::try_parse_from(argv) {
+        panic!("scour worker refuses the pod's arguments {:?}: {e}", args(pod));
+    }
+}
+
+fn condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    kind: &str,
+) -> Option<&'a str> {
+    conditions.iter().find(|c| c.type_ == kind).map(|c| c.status.as_str())
 }
 
 #[tokio::test]
@@ -241,36 +164,42 @@ async fn an_automatic_run_creates_pods_only_on_selected_nodes_within_the_concurr
         ..Default::default()
     });
     all.push(virtual_node);
-    let mut c = Cluster::new(all, CONFIG).await;
+    let Some(c) = cluster(all, CONFIG).await else { return };
 
-    let name = started(c.tick().await);
-    let job = c.job(&name);
+    let name = first_run(&c).await;
+    let job = c.job(&name).await;
     assert_eq!(job.spec.trigger, Trigger::Automatic);
     let status = job.status.unwrap();
-    assert_eq!((status.desired, status.phase), (20, Some(JobPhase::Running)));
+    assert_eq!(
+        (status.desired, status.skipped, status.phase),
+        (20, 4, Some(JobPhase::Running)),
+        "skipped nodes are counted from the start"
+    );
+    assert_eq!(condition(&status.conditions, "Running"), Some("True"));
 
     let mut peak = 0;
-    for _ in 0..50 {
-        c.advance(5);
-        let tick = c.tick().await;
-        let live = c.unfinished_pods();
+    loop {
+        c.settle().await;
+        let live = c.unfinished_pods().await;
         peak = peak.max(live.len());
         assert!(live.len() <= 5, "the cap is 5 pods at once, saw {}", live.len());
-        for pod in c.pods() {
+        for pod in c.pods().await {
             let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
             assert!(node.starts_with("node-"), "a pod landed on {node}");
         }
-        if let Tick::Finished(_) = tick {
+        if c.finish_pods(1).await == 0 {
             break;
         }
-        c.finish_pods(1);
     }
     assert_eq!(peak, 5);
-    let job = c.job(&name);
+    let job = finished(&c, &name).await;
     let status = job.status.unwrap();
     assert_eq!(status.phase, Some(JobPhase::Completed));
     assert_eq!((status.succeeded, status.failed, status.skipped), (16, 0, 4));
     assert_eq!(status.removed, 16);
+    assert_eq!(condition(&status.conditions, "Complete"), Some("True"));
+    assert_eq!(condition(&status.conditions, "Running"), Some("False"));
+    assert_eq!(status.observed_generation, job.metadata.generation);
     let skipped: BTreeMap<&str, &str> = status
         .nodes
         .iter()
@@ -287,28 +216,31 @@ async fn an_automatic_run_creates_pods_only_on_selected_nodes_within_the_concurr
 
 #[tokio::test]
 async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_needs() {
-    let mut c = Cluster::new(nodes(1), CONFIG).await;
-    c.fake.seed(&config_map(
+    let Some(c) = cluster(nodes(1), CONFIG).await else {
+        return;
+    };
+    c.apply(&config_map(
         "excluded",
         "sample.json",
         r#"{"excluded": ["docker.io/library/*"]}"#,
         true,
-    ));
-    started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    let pods = c.pods();
-    assert_eq!(pods.len(), 1);
-    let pod = &pods[0];
+    ))
+    .await;
+    let name = first_run(&c).await;
+    let pod = pods_running(&c, 1).await.remove(0);
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.node_name.as_deref(), Some("node-0000"));
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     assert_eq!(spec.service_account_name.as_deref(), Some("scour-worker"));
     assert_eq!(spec.automount_service_account_token, Some(false));
     let tolerations = spec.tolerations.as_ref().unwrap();
-    assert_eq!(tolerations.len(), 1);
+    assert_eq!(tolerations.len(), 1, "{tolerations:?}");
     assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
     assert!(tolerations[0].key.is_none(), "tolerates every taint");
+    let owner = &pod.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("ImageJob", name.as_str()));
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(Some(owner.uid.clone()), c.job(&name).await.uid());
     let container = &spec.containers[0];
     assert_eq!(container.image.as_deref(), Some("ghcr.io/scour-dev/scour:0.1.0"));
     let sc = container.security_context.as_ref().unwrap();
@@ -340,7 +272,7 @@ async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_nee
         config_maps,
         ["eraser-manager-config", "eraser-system-exclusion", "excluded"]
     );
-    let args = args(pod);
+    let args = args(&pod);
     for expected in [
         "worker",
         "--once",
@@ -356,37 +288,18 @@ async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_nee
         !args.iter().any(|a| a.starts_with("--imagelist")),
         "automatic runs have no list"
     );
-    assert_eq!(env_value(pod, "SCOUR_LOG"), None, "no logLevel: the worker's default");
-    parses_as_a_worker(pod);
+    assert_eq!(env_value(&pod, "SCOUR_LOG"), None, "no logLevel: the worker's default");
+    parses_as_a_worker(&pod);
 }
 
 #[tokio::test]
 async fn workers_log_at_the_configured_level() {
     let config = CONFIG.replacen("manager:\n", "manager:\n  logLevel: scour=debug,warn\n", 1);
-    let mut c = Cluster::new(nodes(1), &config).await;
-    started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    let pods = c.pods();
-    assert_eq!(env_value(&pods[0], "SCOUR_LOG").as_deref(), Some("scour=debug,warn"));
-}
-
-fn env_value(pod: &Pod, name: &str) -> Option<String> {
-    pod.spec.as_ref()?.containers[0]
-        .env
-        .as_ref()?
-        .iter()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
-}
-
-/// The pod's command line is one the real `scour worker` accepts.
-fn parses_as_a_worker(pod: &Pod) {
-    use clap::Parser;
-    let argv = std::iter::once("scour".to_owned()).chain(args(pod));
-    if let Err(e) = scour::cli::Cli::try_parse_from(argv) {
-        panic!("scour worker refuses the pod's arguments {:?}: {e}", args(pod));
-    }
+    let Some(c) = cluster(nodes(1), &config).await else {
+        return;
+    };
+    let pod = pods_running(&c, 1).await.remove(0);
+    assert_eq!(env_value(&pod, "SCOUR_LOG").as_deref(), Some("scour=debug,warn"));
 }
 
 #[tokio::test]
@@ -395,13 +308,13 @@ async fn a_policy_from_a_configmap_is_mounted_and_pinned() {
     let config = format!(
         "{CONFIG}  policy:\n    configMap: my-policy\n    sha256: \"{digest}\"\n    settings: '{{\"maxAgeDays\": 30}}'\n"
     );
-    let mut c = Cluster::new(nodes(1), &config).await;
-    let name = started(c.tick().await);
-    assert_eq!(c.job(&name).spec.policy_sha256.as_deref(), Some(digest.as_str()));
-    c.advance(5);
-    c.tick().await;
-    let pod = &c.pods()[0];
-    let args = args(pod);
+    let Some(c) = cluster(nodes(1), &config).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    assert_eq!(c.job(&name).await.spec.policy_sha256.as_deref(), Some(digest.as_str()));
+    let pod = pods_running(&c, 1).await.remove(0);
+    let args = args(&pod);
     assert!(
         args.contains(&"--policy=/etc/scour/policy/policy.wasm".to_owned()),
         "{args:?}"
@@ -420,46 +333,63 @@ async fn a_policy_from_a_configmap_is_mounted_and_pinned() {
     let cm = volume.config_map.as_ref().unwrap();
     assert_eq!(cm.name, "my-policy");
     assert_eq!(cm.items.as_ref().unwrap()[0].key, "policy.wasm");
-    parses_as_a_worker(pod);
+    parses_as_a_worker(&pod);
 }
 
 #[tokio::test]
 async fn only_the_newest_records_are_kept() {
-    let mut c = Cluster::new(nodes(1), CONFIG).await;
-    let mut opts = Options::new(NS, "replica-a");
+    let Some(mut c) = Cluster::start().await else { return };
+    c.apply(&nodes(1)[0]).await;
+    set_config(&c, CONFIG).await;
+    let mut opts = Cluster::options("replica-a");
     opts.history = 2;
-    c.controller = Controller::new(c.fake.client(NS), opts, Arc::new(Metrics::default()));
-    let mut names = Vec::new();
+    c.start_controller(opts).await;
+    let mut names: Vec<String> = Vec::new();
     for _ in 0..4 {
-        names.push(started(c.tick().await));
-        c.run_to_completion(0).await;
+        let name = next_run(&c, &names).await;
+        run_to_completion(&c, &name, 0).await;
+        names.push(name);
         c.advance(24 * 3600);
     }
-    // This tick starts a fifth run and prunes the finished ones to two.
-    let fifth = started(c.tick().await);
-    let kept: Vec<String> = c.jobs().iter().map(|j| j.name_any()).collect();
+    // The fifth run starts, and the finished ones are pruned to two.
+    let fifth = next_run(&c, &names).await;
+    let kept = c
+        .eventually("two records kept besides the fifth run", || async {
+            let kept: Vec<String> = c.jobs().await.iter().map(|j| j.name_any()).collect();
+            (kept.len() == 3).then_some(kept)
+        })
+        .await;
     assert_eq!(kept, [names[2].clone(), names[3].clone(), fifth], "the oldest go first");
 }
 
 #[tokio::test]
 async fn an_applied_imagelist_leads_to_a_run_and_then_to_its_status() {
-    let mut config = automatic_off();
-    config = config.replace("beginImmediately: true", "beginImmediately: false");
-    let mut c = Cluster::new(nodes(3), &config).await;
-    assert_eq!(c.tick().await, Tick::Idle, "no automatic run while it is disabled");
+    let config = automatic_off().replace("beginImmediately: true", "beginImmediately: false");
+    let Some(c) = cluster(nodes(3), &config).await else {
+        return;
+    };
+    c.settle().await;
+    assert!(c.jobs().await.is_empty(), "no automatic run while it is disabled");
 
-    let lists: Api<ImageList> = Api::all(c.client());
-    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
-    let name = started(c.tick().await);
-    let job = c.job(&name);
+    let lists: Api<ImageList> = Api::all(c.admin.clone());
+    create(&lists, &seed_imagelist()).await;
+    let name = first_run(&c).await;
+    let job = c.job(&name).await;
     assert_eq!(job.spec.trigger, Trigger::Manual);
     assert_eq!(job.spec.images, ["docker.io/library/alpine:3.7.3"]);
+    let list = c
+        .eventually("the ImageList to say its run started", || async {
+            let status = c.imagelist().await?.status?;
+            (status.job.as_deref() == Some(name.as_str())).then_some(status)
+        })
+        .await;
+    assert_eq!(list.phase, Some(JobPhase::Running));
+    assert_eq!(list.observed_generation, Some(1));
+    assert_eq!(condition(&list.conditions, "Running"), Some("True"));
 
-    c.advance(5);
-    c.tick().await;
-    let pod = &c.pods()[0];
-    assert!(args(pod).contains(&"--imagelist=/etc/scour/imagelist/images.json".to_owned()));
-    parses_as_a_worker(pod);
+    let pod = pods_running(&c, 3).await.remove(0);
+    assert!(args(&pod).contains(&"--imagelist=/etc/scour/imagelist/images.json".to_owned()));
+    parses_as_a_worker(&pod);
     assert_eq!(
         pod.annotations()["scour.dev/imagelist"],
         r#"["docker.io/library/alpine:3.7.3"]"#,
@@ -467,81 +397,94 @@ async fn an_applied_imagelist_leads_to_a_run_and_then_to_its_status() {
     );
     assert_eq!(pod.labels()["eraser.sh/type"], "manual");
 
-    let job = c.run_to_completion(1).await;
+    let job = run_to_completion(&c, &name, 1).await;
     assert_eq!(job.status.as_ref().unwrap().phase, Some(JobPhase::Completed));
-    let list = c.fake.get::<ImageList>(None, "imagelist").unwrap();
-    let status = list.status.expect("the ImageList has a status");
+    let status = c
+        .eventually("the ImageList's final status", || async {
+            let status = c.imagelist().await?.status?;
+            (status.phase == Some(JobPhase::Completed)).then_some(status)
+        })
+        .await;
     assert_eq!((status.success, status.failed, status.skipped), (3, 0, 0));
-    assert_eq!(status.timestamp.unwrap().0, c.now);
+    assert_eq!(status.timestamp.unwrap().0, c.now());
     assert_eq!(status.job.as_deref(), Some(name.as_str()));
     assert_eq!(status.removed, 3);
-    assert!(
+    assert_eq!(condition(&status.conditions, "Complete"), Some("True"));
+    assert_eq!(condition(&status.conditions, "Running"), Some("False"));
+    c.eventually("a RunCompleted event on the ImageList", || async {
         c.events()
+            .await
             .iter()
-            .any(|e| e.reason.as_deref() == Some("RunCompleted")
-                && e.involved_object.kind.as_deref() == Some("ImageList"))
-    );
+            .any(|e| {
+                e.reason.as_deref() == Some("RunCompleted")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ImageList")
+            })
+            .then_some(())
+    })
+    .await;
 
     c.advance(5);
-    assert_eq!(c.tick().await, Tick::Idle, "the same spec does not run twice");
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1, "the same spec does not run twice");
 }
 
 #[tokio::test]
 async fn a_spec_change_during_a_run_is_queued_and_runs_next() {
-    let (mut c, lists, first) = manual_run_started(2).await;
-    c.advance(5);
-    c.tick().await;
-
+    let Some((c, lists, first)) = manual_run_started(2).await else {
+        return;
+    };
+    pods_running(&c, 2).await;
     let patch = serde_json::json!({"spec": {"images": ["*"]}});
     lists
         .patch("imagelist", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    c.finish_pods(0);
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Finished(first.clone()));
-
-    c.advance(5);
-    let second = started(c.tick().await);
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1, "one run at a time");
+    run_to_completion(&c, &first, 0).await;
+    let second = next_run(&c, std::slice::from_ref(&first)).await;
     assert_ne!(first, second);
-    assert_eq!(c.job(&second).spec.images, ["*"]);
+    assert_eq!(c.job(&second).await.spec.images, ["*"]);
 }
 
 #[tokio::test]
 async fn deleting_and_recreating_the_imagelist_triggers_again() {
-    let (mut c, lists, first) = manual_run_started(1).await;
-    c.run_to_completion(1).await;
+    let Some((c, lists, first)) = manual_run_started(1).await else {
+        return;
+    };
+    run_to_completion(&c, &first, 1).await;
 
     lists.delete("imagelist", &DeleteParams::default()).await.unwrap();
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Idle);
-    lists.create(&PostParams::default(), &seed_imagelist()).await.unwrap();
-    c.advance(5);
-    let second = started(c.tick().await);
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1);
+    create(&lists, &seed_imagelist()).await;
+    let second = next_run(&c, std::slice::from_ref(&first)).await;
     assert_ne!(first, second, "the same images, a new ImageList: a new run");
 }
 
 #[tokio::test]
 async fn an_imagelist_with_another_name_is_ignored_with_an_event() {
-    let config = automatic_off();
-    let mut c = Cluster::new(nodes(1), &config).await;
+    let Some(c) = cluster(nodes(1), &automatic_off()).await else {
+        return;
+    };
     let mut other = seed_imagelist();
     other.metadata.name = Some("my-list".into());
-    Api::<ImageList>::all(c.client())
-        .create(&PostParams::default(), &other)
-        .await
-        .unwrap();
-    assert_eq!(c.tick().await, Tick::Idle);
+    create(&Api::<ImageList>::all(c.admin.clone()), &other).await;
+    c.settle().await;
     c.advance(5);
-    assert_eq!(c.tick().await, Tick::Idle);
-    let ignored: Vec<Event> = c
+    // Any change wakes the controller; the event stays one.
+    set_config(&c, &format!("{}\n", automatic_off())).await;
+    c.settle().await;
+    let ignored: Vec<_> = c
         .events()
+        .await
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("Ignored"))
         .collect();
-    assert_eq!(ignored.len(), 1, "one event, not one per tick");
-    assert_eq!(ignored[0].involved_object.name.as_deref(), Some("my-list"));
-    assert!(c.jobs().is_empty());
+    assert_eq!(ignored.len(), 1, "one event, not one per reconcile");
+    assert_eq!(ignored[0].regarding.as_ref().unwrap().name.as_deref(), Some("my-list"));
+    assert_eq!(ignored[0].series, None);
+    assert!(c.jobs().await.is_empty());
 }
 
 #[tokio::test]
@@ -549,17 +492,14 @@ async fn a_ratio_of_0_95_accepts_272_of_273_nodes_in_floating_point() {
     let config = CONFIG
         .replace("successRatio: 1.0", "successRatio: 0.95")
         .replace("maxConcurrency: 5", "maxConcurrency: 100%");
-    let mut c = Cluster::new(nodes(273), &config).await;
-    let name = started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    assert_eq!(c.unfinished_pods().len(), 273);
-    let failing = c.unfinished_pods()[100].name_any();
-    c.fake.finish_pod(NS, &failing, 1, "");
-    c.finish_pods(0);
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Finished(name.clone()));
-    let status = c.job(&name).status.unwrap();
+    let Some(c) = cluster(nodes(273), &config).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    let pods = pods_running(&c, 273).await;
+    c.finish_pod(&pods[100].name_any(), 1, "").await;
+    c.finish_pods(0).await;
+    let status = finished(&c, &name).await.status.unwrap();
     assert_eq!((status.succeeded, status.failed), (272, 1));
     assert_eq!(status.phase, Some(JobPhase::Completed), "272/273 = 0.996 ≥ 0.95");
     assert!((status.success_ratio.unwrap() - 272.0 / 273.0).abs() < 1e-9);
@@ -569,52 +509,64 @@ async fn a_ratio_of_0_95_accepts_272_of_273_nodes_in_floating_point() {
 
 #[tokio::test]
 async fn one_failed_node_fails_a_run_that_requires_every_node() {
-    let mut c = Cluster::new(nodes(3), CONFIG).await;
-    let name = started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    let first = c.unfinished_pods()[0].name_any();
-    c.fake.finish_pod(NS, &first, 1, "");
-    let job = c.run_to_completion(0).await;
+    let Some(c) = cluster(nodes(3), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    let pods = pods_running(&c, 3).await;
+    c.finish_pod(&pods[0].name_any(), 1, "").await;
+    let job = run_to_completion(&c, &name, 0).await;
     let status = job.status.unwrap();
     assert_eq!(status.phase, Some(JobPhase::Failed));
-    assert!(status.message.unwrap().contains("below the required 1"), "{name}");
+    assert!(status.message.as_deref().unwrap().contains("below the required 1"));
+    assert_eq!(condition(&status.conditions, "Failed"), Some("True"));
+    assert_eq!(condition(&status.conditions, "Complete"), None);
     // Failed runs keep their pods for delayOnFailure (10m), then delete them.
-    assert_eq!(c.pods().len(), 3);
+    c.settle().await;
+    assert_eq!(c.pods().await.len(), 3);
     c.advance(9 * 60);
-    c.tick().await;
-    assert_eq!(c.pods().len(), 3);
+    c.settle().await;
+    assert_eq!(c.pods().await.len(), 3);
     c.advance(2 * 60);
-    c.tick().await;
-    assert!(c.pods().is_empty(), "finished pods are gone within 10 minutes");
-    assert!(
-        c.job(&name).status.unwrap().pods_deleted,
-        "the ImageJob stays as the record"
-    );
+    c.eventually("finished pods gone within 10 minutes", || async {
+        c.pods().await.is_empty().then_some(())
+    })
+    .await;
+    c.eventually("the ImageJob stays as the record", || async {
+        c.job(&name).await.status?.pods_deleted.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_pod_stuck_in_pending_times_out_and_its_node_counts_as_failed() {
-    let mut c = Cluster::new(nodes(2), CONFIG).await;
-    let name = started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    let pods = c.pods();
-    c.fake.set_pod_phase(NS, &pods[0].name_any(), "Pending");
-    c.fake.finish_pod(NS, &pods[1].name_any(), 0, &summary("node-0001", 0));
+    let Some(c) = cluster(nodes(2), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    let pods = pods_running(&c, 2).await;
+    c.set_pod_phase(&pods[0].name_any(), "Pending").await;
+    c.finish_pod(&pods[1].name_any(), 0, &summary("node-0001", 0)).await;
+    c.settle().await;
     c.advance(9 * 60);
+    c.settle().await;
     assert_eq!(
-        c.tick().await,
-        Tick::Running(name.clone()),
+        c.job(&name).await.status.unwrap().phase,
+        Some(JobPhase::Running),
         "9 minutes Pending is still within the timeout"
     );
     c.advance(60);
-    assert_eq!(c.tick().await, Tick::Finished(name.clone()));
+    let status = finished(&c, &name).await.status.unwrap();
+    // Bound to a node, it is deleted gracefully: the kubelet finishes the
+    // deletion, so it may linger, but marked for deletion.
+    let stuck_pod = Api::<Pod>::namespaced(c.admin.clone(), NS)
+        .get_opt(&pods[0].name_any())
+        .await
+        .unwrap();
     assert!(
-        c.fake.get::<Pod>(Some(NS), &pods[0].name_any()).is_none(),
+        stuck_pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
         "the Pending pod was deleted"
     );
-    let status = c.job(&name).status.unwrap();
     let stuck = status.nodes.iter().find(|n| n.name == "node-0000").unwrap();
     assert_eq!(stuck.phase, NodePhase::Failed);
     let message = stuck.message.as_deref().unwrap();
@@ -627,244 +579,292 @@ async fn a_pod_stuck_in_pending_times_out_and_its_node_counts_as_failed() {
 
 #[tokio::test]
 async fn a_restart_soon_after_a_run_starts_no_new_run() {
-    let mut c = Cluster::new(nodes(3), CONFIG).await;
-    let name = started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    assert_eq!(c.pods().len(), 3);
+    let Some(mut c) = cluster(nodes(3), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    pods_running(&c, 3).await;
 
     // The process dies without releasing its lease; a new one takes over
     // under the same identity (same pod name after a container restart).
-    c.controller = replica(&c.fake, "replica-a");
+    c.crash_controller(0).await;
     c.advance(30);
-    assert_eq!(c.tick().await, Tick::Running(name.clone()));
-    assert_eq!(c.jobs().len(), 1);
-    assert_eq!(c.pods().len(), 3, "no second pod per node");
+    c.start_controller(Cluster::options("replica-a")).await;
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1);
+    assert_eq!(c.pods().await.len(), 3, "no second pod per node");
 
-    c.run_to_completion(0).await;
-    c.controller = replica(&c.fake, "replica-a");
+    run_to_completion(&c, &name, 0).await;
+    c.crash_controller(1).await;
     c.advance(60);
-    assert_eq!(c.tick().await, Tick::Idle, "the next run is a day away, restart or not");
-    assert_eq!(c.jobs().len(), 1);
-    let state = c.fake.get::<ConfigMap>(Some(NS), "scour-state").unwrap();
+    c.start_controller(Cluster::options("replica-a")).await;
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1, "the next run is a day away, restart or not");
+    let state = c.config_map("scour-state").await.expect("the state ConfigMap");
     assert!(state.data.unwrap().contains_key("nextRun"));
 
     c.advance(24 * 3600);
-    let next = started(c.tick().await);
+    let next = next_run(&c, std::slice::from_ref(&name)).await;
     assert_ne!(next, name);
 }
 
 #[tokio::test]
 async fn a_malformed_exclusion_configmap_fails_the_run_closed() {
-    let mut c = Cluster::new(nodes(3), CONFIG).await;
-    c.fake.seed(&config_map(
+    let Some(mut c) = Cluster::start().await else { return };
+    for n in nodes(3) {
+        c.apply(&n).await;
+    }
+    set_config(&c, CONFIG).await;
+    c.apply(&config_map(
         "team-a",
         "list.json",
         r#"{"excluded": ["docker.io/library/*"]}"#,
         true,
-    ));
-    c.fake
-        .seed(&config_map("team-b", "list.json", r#"{"exclude": ["oops"]}"#, true));
-    let name = started(c.tick().await);
-    let status = c.job(&name).status.unwrap();
+    ))
+    .await;
+    c.apply(&config_map("team-b", "list.json", r#"{"exclude": ["oops"]}"#, true))
+        .await;
+    c.start_controller(Cluster::options("replica-a")).await;
+    let name = first_run(&c).await;
+    let status = finished(&c, &name).await.status.unwrap();
     assert_eq!(status.phase, Some(JobPhase::Failed));
-    let message = status.message.unwrap();
+    let message = status.message.clone().unwrap();
     assert!(message.contains("team-b") && message.contains("list.json"), "{message}");
     assert_eq!(status.failed, 3);
-    c.advance(5);
-    c.tick().await;
-    assert!(c.pods().is_empty(), "no worker starts anywhere");
-    assert!(c.events().iter().any(|e| {
-        e.reason.as_deref() == Some("RunFailed") && e.message.as_deref().unwrap_or("").contains("team-b")
-    }));
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "FailedClosed");
+    c.settle().await;
+    assert!(c.pods().await.is_empty(), "no worker starts anywhere");
+    assert!(
+        c.events().await.iter().any(|e| {
+            e.reason.as_deref() == Some("RunFailed") && e.note.as_deref().unwrap_or("").contains("team-b")
+        })
+    );
 }
 
 #[tokio::test]
 async fn an_exclusion_configmap_without_a_json_key_fails_the_run_closed() {
-    let mut c = Cluster::new(nodes(1), CONFIG).await;
-    c.fake
-        .seed(&config_map("excluded", "sample", r#"{"excluded": []}"#, true));
-    let name = started(c.tick().await);
-    let message = c.job(&name).status.unwrap().message.unwrap();
+    let Some(c) = cluster(nodes(1), &automatic_off()).await else {
+        return;
+    };
+    c.apply(&config_map("excluded", "sample", r#"{"excluded": []}"#, true))
+        .await;
+    create(&Api::<ImageList>::all(c.admin.clone()), &seed_imagelist()).await;
+    let name = first_run(&c).await;
+    let message = finished(&c, &name).await.status.unwrap().message.unwrap();
     assert!(message.contains("excluded") && message.contains(".json"), "{message}");
 }
 
 #[tokio::test]
 async fn an_interval_out_of_range_is_rejected_and_a_fix_applies_without_a_restart() {
-    let mut c = Cluster::new(nodes(1), &CONFIG.replace("repeatInterval: 24h", "repeatInterval: 1h")).await;
-    match c.tick().await {
-        Tick::InvalidConfig(message) => assert!(
-            message.contains("manager.scheduling.repeatInterval: 1h is outside the accepted range of 24h to 2160h"),
-            "{message}"
-        ),
-        other => panic!("expected the config to be rejected, got {other:?}"),
-    }
+    let broken = CONFIG.replace("repeatInterval: 24h", "repeatInterval: 1h");
+    let Some(c) = cluster(nodes(1), &broken).await else {
+        return;
+    };
+    let invalid = |c: &Cluster| match c.progress(0).tick {
+        Some(Tick::InvalidConfig(message)) => Some(message),
+        _ => None,
+    };
+    let message = c
+        .eventually("the config to be rejected", || async { invalid(&c) })
+        .await;
+    assert!(
+        message.contains("manager.scheduling.repeatInterval: 1h is outside the accepted range of 24h to 2160h"),
+        "{message}"
+    );
     c.advance(5);
-    c.tick().await;
-    assert!(c.jobs().is_empty());
-    let warnings: Vec<Event> = c
-        .events()
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("InvalidConfig"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "one event for a standing problem");
+    set_config(&c, &format!("{broken}\n")).await;
+    c.settle().await;
+    assert!(c.jobs().await.is_empty());
+    let warnings = |events: Vec<k8s_openapi::api::events::v1::Event>| -> Vec<_> {
+        events
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("InvalidConfig"))
+            .collect()
+    };
+    let standing = warnings(c.events().await);
+    assert_eq!(standing.len(), 1, "one event for a standing problem");
     assert_eq!(
-        warnings[0].involved_object.name.as_deref(),
+        standing[0].regarding.as_ref().unwrap().name.as_deref(),
         Some("eraser-manager-config")
     );
+    assert!(
+        c.controller(0)
+            .metrics
+            .render()
+            .contains("scour_controller_config_valid 0")
+    );
 
-    c.set_config(CONFIG);
-    c.advance(5);
-    started(c.tick().await);
+    set_config(&c, CONFIG).await;
+    first_run(&c).await;
+    assert!(
+        c.controller(0)
+            .metrics
+            .render()
+            .contains("scour_controller_config_valid 1")
+    );
+
+    // The same problem again, after it cleared: reported again, not lost.
+    set_config(&c, &broken).await;
+    c.eventually("the problem reported again", || async {
+        let again = warnings(c.events().await);
+        let count = |e: &k8s_openapi::api::events::v1::Event| e.series.as_ref().map_or(1, |s| s.count);
+        (again.iter().map(count).sum::<i32>() == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_absurd_duration_is_a_config_error_naming_the_field_and_the_controller_keeps_running() {
+    let absurd = CONFIG.replace("repeatInterval: 24h", "repeatInterval: 99999999999999999999h");
+    let Some(c) = cluster(nodes(1), &absurd).await else {
+        return;
+    };
+    let message = c
+        .eventually("the config to be rejected", || async {
+            match c.progress(0).tick {
+                Some(Tick::InvalidConfig(message)) => Some(message),
+                _ => None,
+            }
+        })
+        .await;
+    assert!(message.contains("manager.scheduling.repeatInterval"), "{message}");
+    assert!(message.contains("too long"), "{message}");
+    set_config(&c, CONFIG).await;
+    first_run(&c).await;
 }
 
 #[tokio::test]
 async fn disabling_stops_scheduling_and_keeps_the_interval() {
-    let mut c = Cluster::new(nodes(1), CONFIG).await;
-    started(c.tick().await);
-    c.run_to_completion(0).await;
-    let disabled = automatic_off();
-    c.set_config(&disabled);
+    let Some(c) = cluster(nodes(1), CONFIG).await else {
+        return;
+    };
+    let first = first_run(&c).await;
+    run_to_completion(&c, &first, 0).await;
+    set_config(&c, &automatic_off()).await;
+    c.settle().await;
     c.advance(48 * 3600);
-    assert_eq!(c.tick().await, Tick::Idle, "disabled: no run however long we wait");
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1, "disabled: no run however long we wait");
     // Re-enabling without values reuses the interval still in the config.
-    c.set_config(CONFIG);
-    c.advance(5);
-    started(c.tick().await);
+    set_config(&c, CONFIG).await;
+    next_run(&c, std::slice::from_ref(&first)).await;
 }
 
 #[tokio::test]
 async fn a_non_leader_does_nothing_until_the_lease_expires() {
-    let mut c = Cluster::new(nodes(2), CONFIG).await;
-    let mut standby = replica(&c.fake, "replica-b");
-    let name = started(c.tick().await);
+    let Some(mut c) = cluster(nodes(2), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    let standby = c.start_controller(Cluster::options("replica-b")).await;
     for _ in 0..6 {
         c.advance(5);
-        c.tick().await;
-        c.fake.clear_requests();
-        assert_eq!(standby.tick(c.now).await.unwrap(), Tick::Follower);
-        let writes: Vec<_> = c
-            .fake
-            .requests()
-            .into_iter()
-            .filter(|(m, _)| m != http::Method::GET)
-            .collect();
-        assert!(writes.is_empty(), "the standby wrote {writes:?}");
+        c.settle().await;
     }
-    assert_eq!(c.jobs().len(), 1);
+    assert_eq!(c.progress(standby).tick, Some(Tick::Follower));
+    let standby_requests: Vec<_> = c
+        .plane
+        .audit()
+        .into_iter()
+        .filter(|e| e.user_agent.contains("replica-b"))
+        .collect();
+    assert!(!standby_requests.is_empty(), "the standby checks the Lease");
+    for e in &standby_requests {
+        assert!(
+            e.resource == "leases" && e.verb == "get",
+            "the standby only reads the Lease; it made {} {}",
+            e.verb,
+            e.request_uri
+        );
+    }
+    assert_eq!(c.jobs().await.len(), 1);
 
     // The leader stops renewing; after the lease duration the standby leads
     // and carries on with the same run.
+    c.crash_controller(0).await;
     c.advance(20);
-    assert_eq!(standby.tick(c.now).await.unwrap(), Tick::Running(name));
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Follower, "the old leader stands down");
+    c.eventually("the standby to lead", || async {
+        matches!(c.progress(standby).tick, Some(Tick::Running(ref n)) if *n == name).then_some(())
+    })
+    .await;
+    run_to_completion(&c, &name, 1).await;
+    assert_eq!(c.jobs().await.len(), 1);
 }
 
 #[tokio::test]
-async fn the_crd_schema_accepts_the_seed_imagelist_verbatim() {
-    let crds = scour::controller::crd::crds();
-    let imagelists = crds
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == Some("imagelists.eraser.sh"))
-        .unwrap();
-    assert_eq!(imagelists.spec.scope, "Cluster");
-    let v1 = imagelists.spec.versions.iter().find(|v| v.name == "v1").unwrap();
-    assert!(v1.served && v1.storage);
-    let schema = serde_json::to_value(v1.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
-    let seed: serde_json::Value = serde_yaml::from_str(SEED_IMAGELIST).unwrap();
-    let mut object = seed.clone();
-    object.as_object_mut().unwrap().remove("apiVersion");
-    object.as_object_mut().unwrap().remove("kind");
-    object.as_object_mut().unwrap().remove("metadata");
-    validate(&schema, &object, "").unwrap();
-    assert_eq!(seed["apiVersion"], "eraser.sh/v1");
-    assert_eq!(seed["metadata"]["name"], "imagelist");
-
+async fn the_api_server_validates_imagelists_against_the_generated_schema() {
+    let Some(c) = Cluster::start().await else { return };
+    let lists: Api<ImageList> = Api::all(c.admin.clone());
+    let created = create(&lists, &seed_imagelist()).await;
+    assert_eq!(created.spec.images, ["docker.io/library/alpine:3.7.3"]);
     // The schema is not a rubber stamp.
-    for bad in [
-        serde_json::json!({"spec": {"images": "alpine"}}),
-        serde_json::json!({"spec": {}}),
-        serde_json::json!({"spec": {"images": [3]}}),
-        serde_json::json!({"spec": {"images": [], "imagez": []}}),
-    ] {
-        assert!(validate(&schema, &bad, "").is_err(), "accepted {bad}");
+    let raw: Api<kube::api::DynamicObject> =
+        Api::all_with(c.admin.clone(), &kube::api::ApiResource::erase::<ImageList>(&()));
+    for (i, bad) in [
+        serde_json::json!({"images": "alpine"}),
+        serde_json::json!({}),
+        serde_json::json!({"images": [3]}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let object: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "eraser.sh/v1", "kind": "ImageList",
+            "metadata": {"name": format!("bad-{i}")}, "spec": bad,
+        }))
+        .unwrap();
+        let err = raw.create(&PostParams::default(), &object).await.unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 422),
+            "accepted {bad}: {err}"
+        );
     }
-    let deprecated = imagelists.spec.versions.iter().find(|v| v.name == "v1alpha1").unwrap();
-    assert!(deprecated.served && !deprecated.storage && deprecated.deprecated == Some(true));
-}
-
-/// Structural-schema validation for the subset CRDs use: type, properties,
-/// required, items, nullable; unknown fields are rejected (kubectl's
-/// strict field validation).
-fn validate(schema: &serde_json::Value, value: &serde_json::Value, path: &str) -> Result<(), String> {
-    use serde_json::Value;
-    if value.is_null() && schema["nullable"] == Value::Bool(true) {
-        return Ok(());
-    }
-    let ty = schema["type"].as_str().unwrap_or("");
-    let ok = match ty {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        _ => true,
-    };
-    if !ok {
-        return Err(format!("{path}: expected {ty}, got {value}"));
-    }
-    if let Some(items) = value.as_array() {
-        for (i, item) in items.iter().enumerate() {
-            validate(&schema["items"], item, &format!("{path}[{i}]"))?;
-        }
-    }
-    if let Some(fields) = value.as_object() {
-        let props = schema["properties"].as_object();
-        for required in schema["required"].as_array().into_iter().flatten() {
-            if !fields.contains_key(required.as_str().unwrap()) {
-                return Err(format!("{path}: missing required field {required}"));
-            }
-        }
-        for (k, v) in fields {
-            match props.and_then(|p| p.get(k)) {
-                Some(s) => validate(s, v, &format!("{path}.{k}"))?,
-                None if schema.get("additionalProperties").is_some() => {}
-                None => return Err(format!("{path}: unknown field {k:?}")),
-            }
-        }
-    }
-    Ok(())
+    // Eraser's v1alpha1 is served too; unknown fields are pruned, as a
+    // structural schema does.
+    let old: Api<kube::api::DynamicObject> = Api::all_with(
+        c.admin.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("eraser.sh", "v1alpha1", "ImageList"),
+            "imagelists",
+        ),
+    );
+    let object: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "eraser.sh/v1alpha1", "kind": "ImageList",
+        "metadata": {"name": "old-version"}, "spec": {"images": ["*"], "imagez": []},
+    }))
+    .unwrap();
+    let stored = old.create(&PostParams::default(), &object).await.unwrap();
+    assert!(stored.data["spec"].get("imagez").is_none(), "{:?}", stored.data);
 }
 
 #[tokio::test]
 async fn deleting_the_imagelist_mid_run_lets_the_run_finish_without_writing_status() {
-    let (mut c, lists, name) = manual_run_started(2).await;
-    c.advance(5);
-    c.tick().await;
+    let Some((c, lists, name)) = manual_run_started(2).await else {
+        return;
+    };
+    pods_running(&c, 2).await;
     lists.delete("imagelist", &DeleteParams::default()).await.unwrap();
-    let job = c.run_to_completion(1).await;
-    assert_eq!(job.name_any(), name);
+    let job = run_to_completion(&c, &name, 1).await;
     assert_eq!(job.status.unwrap().phase, Some(JobPhase::Completed));
-    assert!(
-        c.fake.get::<ImageList>(None, "imagelist").is_none(),
-        "nothing re-creates the list"
-    );
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Idle);
+    c.settle().await;
+    assert!(c.imagelist().await.is_none(), "nothing re-creates the list");
+    assert_eq!(c.jobs().await.len(), 1);
 }
 
 #[tokio::test]
 async fn health_readiness_and_eraser_named_metrics_are_served() {
     use scour::controller::serve::{Health, router};
     use tower::ServiceExt;
-    let mut c = Cluster::new(nodes(2), CONFIG).await;
-    started(c.tick().await);
-    c.run_to_completion(2).await;
-    let health = Arc::new(Health::default());
+    let Some(c) = cluster(nodes(2), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    run_to_completion(&c, &name, 2).await;
+    c.settle().await;
+    let health = std::sync::Arc::new(Health::default());
     let get = |path: &'static str| {
-        let app = router(c.controller.metrics(), health.clone());
+        let app = router(c.controller(0).metrics.clone(), health.clone());
         async move {
             let response = app
                 .oneshot(http::Request::get(path).body(axum::body::Body::empty()).unwrap())
@@ -897,82 +897,130 @@ async fn health_readiness_and_eraser_named_metrics_are_served() {
 #[tokio::test]
 async fn a_worker_that_never_finishes_times_out_and_its_node_counts_as_failed() {
     let config = CONFIG.replace("pendingTimeout: 10m", "pendingTimeout: 10m\n    nodeTimeout: 2h");
-    let mut c = Cluster::new(nodes(2), &config).await;
-    let name = started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    let pods = c.pods();
+    let Some(c) = cluster(nodes(2), &config).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    let pods = pods_running(&c, 2).await;
     // The node went away with the pod still Running; nothing will end it.
-    c.fake.set_pod_phase(NS, &pods[0].name_any(), "Running");
-    c.fake.finish_pod(NS, &pods[1].name_any(), 0, &summary("node-0001", 0));
+    c.set_pod_phase(&pods[0].name_any(), "Running").await;
+    c.finish_pod(&pods[1].name_any(), 0, &summary("node-0001", 0)).await;
+    c.settle().await;
     c.advance(119 * 60);
-    assert_eq!(c.tick().await, Tick::Running(name.clone()));
+    c.settle().await;
+    assert_eq!(c.job(&name).await.status.unwrap().phase, Some(JobPhase::Running));
     c.advance(60);
-    assert_eq!(c.tick().await, Tick::Finished(name.clone()));
-    let status = c.job(&name).status.unwrap();
+    let status = finished(&c, &name).await.status.unwrap();
     let lost = status.nodes.iter().find(|n| n.name == "node-0000").unwrap();
     assert_eq!(lost.phase, NodePhase::Failed);
     assert!(
         lost.message.as_deref().unwrap().contains("did not finish within 2h"),
         "{lost:?}"
     );
-    assert!(c.fake.get::<Pod>(Some(NS), &pods[0].name_any()).is_none());
+    let pod = Api::<Pod>::namespaced(c.admin.clone(), NS)
+        .get_opt(&pods[0].name_any())
+        .await
+        .unwrap();
+    assert!(pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+}
+
+/// A validating webhook that cannot be reached fails every worker pod
+/// creation with a 500, as an admission webhook that is down does.
+fn unreachable_webhook() -> ValidatingWebhookConfiguration {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "down"},
+        "webhooks": [{
+            "name": "down.scour.test",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 2,
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            "objectSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "scour"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+        }],
+    }))
+    .unwrap()
 }
 
 #[tokio::test]
 async fn a_transient_pod_creation_error_is_retried_and_a_refusal_fails_the_node() {
-    let mut c = Cluster::new(nodes(2), CONFIG).await;
-    let name = started(c.tick().await);
-    c.fake.fail_next(http::Method::POST, "/pods", 503, 1);
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Running(name.clone()));
+    let Some(mut c) = Cluster::start_with(validating_webhook_args()).await else {
+        return;
+    };
+    for n in nodes(2) {
+        c.apply(&n).await;
+    }
+    set_config(&c, CONFIG).await;
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(c.admin.clone());
+    create(&webhooks, &unreachable_webhook()).await;
+    c.start_controller(Cluster::options("replica-a")).await;
+    let name = first_run(&c).await;
+    let error = c
+        .eventually("the failed pod creation to be reported", || async {
+            c.progress(0).error.filter(|e| e.contains("webhook"))
+        })
+        .await;
+    assert!(error.contains("down.scour.test"), "{error}");
+    let status = c.job(&name).await.status.unwrap();
     assert!(
-        c.pods().is_empty(),
-        "the first create failed, so the tick stopped launching"
+        status.nodes.iter().all(|n| n.phase == NodePhase::Queued),
+        "the nodes wait: {status:?}"
     );
-    let status = c.job(&name).status.unwrap();
-    assert!(status.nodes.iter().all(|n| n.phase == NodePhase::Queued));
+    assert!(c.pods().await.is_empty());
 
-    c.fake.fail_next(http::Method::POST, "/pods", 403, 1);
-    c.advance(5);
-    c.tick().await;
-    let status = c.job(&name).status.unwrap();
+    // The webhook is gone, but a quota admits one more pod only: the second
+    // creation is refused (403), which fails that node for this run.
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "one-pod", "namespace": NS},
+        "spec": {"hard": {"pods": "1"}},
+    }))
+    .unwrap();
+    create(&Api::namespaced(c.admin.clone(), NS), &quota).await;
+    // No quota controller runs here: the admin writes what it would.
+    let used = serde_json::json!({"status": {"hard": {"pods": "1"}, "used": {"pods": "0"}}});
+    Api::<ResourceQuota>::namespaced(c.admin.clone(), NS)
+        .patch_status("one-pod", &PatchParams::default(), &Patch::Merge(&used))
+        .await
+        .unwrap();
+    webhooks.delete("down", &DeleteParams::default()).await.unwrap();
+    let status = c
+        .eventually("one node launched and one refused", || async {
+            let status = c.job(&name).await.status?;
+            status
+                .nodes
+                .iter()
+                .all(|n| n.phase != NodePhase::Queued)
+                .then_some(status)
+        })
+        .await;
     let refused = status.nodes.iter().find(|n| n.phase == NodePhase::Failed).unwrap();
+    let message = refused.message.as_deref().unwrap();
     assert!(
-        refused
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("could not create the worker pod"),
-        "{refused:?}"
+        message.contains("could not create the worker pod") && message.contains("quota"),
+        "{message}"
     );
-    assert_eq!(c.pods().len(), 1, "the other node got its pod");
+    assert_eq!(c.pods().await.len(), 1, "the other node got its pod");
 }
 
 #[tokio::test]
 async fn a_worker_whose_pass_failed_or_left_no_summary_fails_its_node() {
-    let mut c = Cluster::new(nodes(3), CONFIG).await;
-    let name = started(c.tick().await);
-    c.advance(5);
-    c.tick().await;
-    let pods = c.pods();
+    let Some(c) = cluster(nodes(3), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    let pods = pods_running(&c, 3).await;
     let failed_pass = TerminationSummary {
         status: Status::Failed,
         errors: vec!["exclusion list /etc/scour/exclusions/user/x/a.json: expected {\"excluded\": [...]}".into()],
         ..serde_json::from_str(&summary("node-0000", 0)).unwrap()
     };
     // The worker exits 1 when its pass could not complete safely.
-    c.fake.finish_pod(
-        NS,
-        &pods[0].name_any(),
-        1,
-        &serde_json::to_string(&failed_pass).unwrap(),
-    );
-    c.fake.finish_pod(NS, &pods[1].name_any(), 137, "");
-    c.fake.finish_pod(NS, &pods[2].name_any(), 0, &summary("node-0002", 1));
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Finished(name.clone()));
-    let status = c.job(&name).status.unwrap();
+    c.finish_pod(&pods[0].name_any(), 1, &serde_json::to_string(&failed_pass).unwrap())
+        .await;
+    c.finish_pod(&pods[1].name_any(), 137, "").await;
+    c.finish_pod(&pods[2].name_any(), 0, &summary("node-0002", 1)).await;
+    let status = finished(&c, &name).await.status.unwrap();
     let message = |node: &str| {
         status
             .nodes
@@ -995,89 +1043,236 @@ async fn a_worker_whose_pass_failed_or_left_no_summary_fails_its_node() {
 
 #[tokio::test]
 async fn events_about_cluster_scoped_objects_are_filed_where_the_api_server_accepts_them() {
-    let mut c = Cluster::new(nodes(1), CONFIG).await;
-    let name = started(c.tick().await);
-    c.run_to_completion(0).await;
-    let events = c.events();
-    let on_job: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
-        .collect();
+    let Some(c) = cluster(nodes(1), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    run_to_completion(&c, &name, 0).await;
+    let on_job = c
+        .eventually("two events about the run", || async {
+            let on_job: Vec<_> = c
+                .events()
+                .await
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+                .collect();
+            (on_job.len() == 2).then_some(on_job)
+        })
+        .await;
     let reasons: Vec<&str> = on_job.iter().filter_map(|e| e.reason.as_deref()).collect();
     assert_eq!(reasons, ["RunStarted", "RunCompleted"]);
-    assert!(
-        on_job
-            .iter()
-            .all(|e| e.metadata.namespace.as_deref() == Some("default"))
-    );
-    // The fake refuses what the API server refuses: an event about a
-    // cluster-scoped object outside `default`.
-    let mut misplaced = on_job[0].clone();
-    misplaced.metadata = ObjectMeta {
-        name: Some("misplaced".into()),
-        namespace: Some(NS.into()),
-        ..Default::default()
-    };
-    let err = Api::<Event>::namespaced(c.client(), NS)
-        .create(&PostParams::default(), &misplaced)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err}");
+    for e in &on_job {
+        // events.k8s.io/v1 on 1.20 accepts them in kube-system only.
+        assert_eq!(e.metadata.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(e.reporting_controller.as_deref(), Some("scour.dev/controller"));
+        assert_eq!(e.reporting_instance.as_deref(), Some("replica-a"));
+    }
 }
 
 #[tokio::test]
 async fn a_run_that_failed_closed_runs_again_once_the_exclusion_list_is_fixed() {
-    let mut c = Cluster::new(nodes(2), CONFIG).await;
-    c.fake
-        .seed(&config_map("team-b", "list.json", r#"{"exclude": ["oops"]}"#, true));
-    let first = started(c.tick().await);
-    assert_eq!(c.job(&first).status.unwrap().phase, Some(JobPhase::Failed));
-    for _ in 0..3 {
-        c.advance(5);
-        assert_eq!(c.tick().await, Tick::Idle, "nothing changed, so nothing is retried");
+    let Some(mut c) = Cluster::start().await else { return };
+    for n in nodes(2) {
+        c.apply(&n).await;
     }
-    c.fake.seed(&config_map(
+    set_config(&c, CONFIG).await;
+    c.apply(&config_map("team-b", "list.json", r#"{"exclude": ["oops"]}"#, true))
+        .await;
+    c.start_controller(Cluster::options("replica-a")).await;
+    let first = first_run(&c).await;
+    assert_eq!(finished(&c, &first).await.status.unwrap().phase, Some(JobPhase::Failed));
+    c.advance(5);
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1, "nothing changed, so nothing is retried");
+    c.apply(&config_map(
         "team-b",
         "list.json",
         r#"{"excluded": ["docker.io/library/*"]}"#,
         true,
-    ));
-    c.advance(5);
-    let second = started(c.tick().await);
+    ))
+    .await;
+    let second = next_run(&c, std::slice::from_ref(&first)).await;
     assert_ne!(first, second);
-    let job = c.run_to_completion(1).await;
+    let job = run_to_completion(&c, &second, 1).await;
     assert_eq!(job.status.unwrap().phase, Some(JobPhase::Completed));
-    assert_eq!(c.pods().len(), 0, "finished pods are gone (delayOnSuccess 0s)");
+    c.eventually("finished pods gone (delayOnSuccess 0s)", || async {
+        c.pods().await.is_empty().then_some(())
+    })
+    .await;
     c.advance(5);
+    c.settle().await;
     assert_eq!(
-        c.tick().await,
-        Tick::Idle,
+        c.jobs().await.len(),
+        2,
         "the retry ran once; the next run is a day away"
     );
 }
 
 #[tokio::test]
 async fn a_manual_run_that_failed_closed_runs_again_once_the_exclusion_list_is_fixed() {
-    let config = automatic_off();
-    let mut c = Cluster::new(nodes(1), &config).await;
-    c.fake
-        .seed(&config_map("excluded", "sample", r#"{"excluded": []}"#, true));
-    Api::<ImageList>::all(c.client())
-        .create(&PostParams::default(), &seed_imagelist())
+    let Some(c) = cluster(nodes(1), &automatic_off()).await else {
+        return;
+    };
+    c.apply(&config_map("excluded", "sample", r#"{"excluded": []}"#, true))
+        .await;
+    create(&Api::<ImageList>::all(c.admin.clone()), &seed_imagelist()).await;
+    let first = first_run(&c).await;
+    assert_eq!(finished(&c, &first).await.status.unwrap().phase, Some(JobPhase::Failed));
+    let list = c
+        .eventually("the ImageList to say why", || async {
+            let status = c.imagelist().await?.status?;
+            (status.phase == Some(JobPhase::Failed)).then_some(status)
+        })
+        .await;
+    assert!(list.message.unwrap().contains("excluded"), "the ImageList says why");
+    assert_eq!(condition(&list.conditions, "Failed"), Some("True"));
+    c.settle().await;
+    assert_eq!(c.jobs().await.len(), 1);
+    c.apply(&config_map("excluded", "sample.json", r#"{"excluded": []}"#, true))
+        .await;
+    let second = next_run(&c, std::slice::from_ref(&first)).await;
+    assert_eq!(c.job(&second).await.spec.images, ["docker.io/library/alpine:3.7.3"]);
+    run_to_completion(&c, &second, 1).await;
+    let list = c
+        .eventually("the ImageList to show the retry", || async {
+            let status = c.imagelist().await?.status?;
+            (status.phase == Some(JobPhase::Completed)).then_some(status)
+        })
+        .await;
+    assert_eq!((list.success, list.job.as_deref()), (1, Some(second.as_str())));
+}
+
+#[tokio::test]
+async fn a_status_write_that_lost_a_race_is_refused_and_redone_from_a_fresh_read() {
+    // A big rollout: the controller creates 60 pods before it writes the
+    // run's status, and someone labels the ImageJob meanwhile.
+    let config = CONFIG.replace("maxConcurrency: 5", "maxConcurrency: 100%");
+    let Some(c) = cluster(nodes(60), &config).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    c.eventually("the first worker pod", || async {
+        (!c.pods().await.is_empty()).then_some(())
+    })
+    .await;
+    let jobs: Api<ImageJob> = Api::all(c.admin.clone());
+    let label = serde_json::json!({"metadata": {"labels": {"team": "platform"}}});
+    jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&label))
         .await
         .unwrap();
-    let first = started(c.tick().await);
-    assert_eq!(c.job(&first).status.unwrap().phase, Some(JobPhase::Failed));
-    let list = c.fake.get::<ImageList>(None, "imagelist").unwrap().status.unwrap();
-    assert!(list.message.unwrap().contains("excluded"), "the ImageList says why");
-    c.advance(5);
-    assert_eq!(c.tick().await, Tick::Idle);
-    c.fake
-        .seed(&config_map("excluded", "sample.json", r#"{"excluded": []}"#, true));
-    c.advance(5);
-    let second = started(c.tick().await);
-    assert_eq!(c.job(&second).spec.images, ["docker.io/library/alpine:3.7.3"]);
-    c.run_to_completion(1).await;
-    let list = c.fake.get::<ImageList>(None, "imagelist").unwrap().status.unwrap();
-    assert_eq!((list.success, list.job.as_deref()), (1, Some(second.as_str())));
+    let pods = pods_running(&c, 60).await;
+    for (i, pod) in pods.iter().enumerate() {
+        c.finish_pod(&pod.name_any(), 0, &summary(&format!("node-{i:04}"), 1))
+            .await;
+    }
+    let status = finished(&c, &name).await.status.unwrap();
+    assert_eq!((status.succeeded, status.removed), (60, 60), "no result is lost");
+    assert!(
+        status.nodes.iter().all(|n| n.pod.is_some() && n.started.is_some()),
+        "every node's pod is recorded"
+    );
+    let conflicts = c
+        .plane
+        .audit()
+        .into_iter()
+        .filter(|e| e.user_agent.contains("replica-a") && e.resource == "imagejobs")
+        .filter(|e| e.subresource == "status" && e.code == 409)
+        .count();
+    assert!(
+        conflicts > 0,
+        "the write made over the old version was refused with a 409"
+    );
+    assert_eq!(
+        c.job(&name).await.labels()["team"],
+        "platform",
+        "and did not undo the other write"
+    );
+    let created = c
+        .plane
+        .audit()
+        .into_iter()
+        .filter(|e| e.resource == "pods" && e.verb == "create" && e.code == 201)
+        .count();
+    assert_eq!(created, 60, "one pod per node, none twice");
+}
+
+#[tokio::test]
+async fn the_controller_needs_every_verb_the_chart_grants() {
+    let Some(c) = cluster(nodes(1), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    run_to_completion(&c, &name, 0).await;
+    // Without `create` on imagejobs, the next run cannot start, and the
+    // controller says why instead of failing silently.
+    let roles: Api<ClusterRole> = Api::all(c.admin.clone());
+    let mut role = roles.get("scour-controller").await.unwrap();
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.resources.as_deref() == Some(&["imagejobs".to_owned()][..]) {
+            rule.verbs.retain(|v| v != "create");
+        }
+    }
+    roles
+        .replace("scour-controller", &PostParams::default(), &role)
+        .await
+        .unwrap();
+    c.advance(24 * 3600);
+    let error = c
+        .eventually("the controller to report the refusal", || async { c.progress(0).error })
+        .await;
+    assert!(error.contains("forbidden") || error.contains("Forbidden"), "{error}");
+    assert_eq!(c.jobs().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_leader_asks_for_nothing_but_lease_renewals() {
+    let Some(c) = cluster(nodes(2), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    run_to_completion(&c, &name, 0).await;
+    c.settle().await;
+    let before = c.plane.audit().len();
+    // A minute of the controller's time: twelve renewals at a 15 s lease.
+    for _ in 0..12 {
+        c.advance(5);
+        c.settle().await;
+    }
+    let idle: Vec<_> = c.plane.audit()[before..]
+        .iter()
+        .filter(|e| e.user_agent.contains("replica-a"))
+        .cloned()
+        .collect();
+    let (leases, other): (Vec<_>, Vec<_>) = idle.iter().partition(|e| e.resource == "leases");
+    assert!(leases.len() >= 10, "renewals: {}", leases.len());
+    assert!(
+        other.is_empty(),
+        "an idle leader asked for more than its Lease: {:?}",
+        other
+            .iter()
+            .map(|e| format!("{} {}", e.verb, e.request_uri))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_run_takes_its_worker_pods_with_it() {
+    let Some(c) = cluster(nodes(2), CONFIG).await else {
+        return;
+    };
+    let name = first_run(&c).await;
+    pods_running(&c, 2).await;
+    Api::<ImageJob>::all(c.admin.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    // No garbage collector runs here; the controller deletes them itself.
+    c.eventually("the orphaned pods to go", || async {
+        c.pods()
+            .await
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
 }

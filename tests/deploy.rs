@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Service, ServiceAccount};
@@ -24,10 +24,9 @@ use serde_yaml::Value;
 use scour::config::Loaded;
 use scour::controller::CONFIG_KEY;
 use scour_policy_sdk::{ImageNames, PatternSet};
-use scour_testkit::gate::{on_path, skip};
 use scour_testkit::guests::workspace_root;
+use scour_testkit::helm::{CHART, Helm};
 
-const CHART: &str = "deploy/helm/scour";
 const CRD_FILE: &str = "deploy/helm/scour/crds/crds.yaml";
 const MANIFESTS: &str = "deploy/manifests";
 const MANIFEST: &str = "deploy/manifests/scour.yaml";
@@ -40,76 +39,6 @@ const DEFAULT_IMAGE: &str = "ghcr.io/scour-dev/scour:0.1.0";
 /// The command `just manifests` runs; the first line of scour.yaml names it.
 const RENDER_ARGS: [&str; 6] = ["template", "scour", CHART, "--namespace", NAMESPACE, "--include-crds"];
 const REGENERATE: &str = "run `just manifests` and commit the result";
-
-// ---------------------------------------------------------------- helm
-
-/// The project-local Helm with a private home, so a test never reads or
-/// writes the user's Helm repositories and plugins.
-struct Helm {
-    bin: PathBuf,
-    home: tempfile::TempDir,
-}
-
-impl Helm {
-    /// `$SCOUR_HELM`, else `.tools/bin/helm` (`just setup`), else `helm` on
-    /// PATH; or a skip (a failure in CI).
-    fn find() -> Option<Helm> {
-        let found = std::env::var_os("SCOUR_HELM")
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                let path = PathBuf::from(v);
-                assert!(path.is_file(), "SCOUR_HELM={} does not exist", path.display());
-                path
-            })
-            .or_else(|| {
-                let local = workspace_root().join(".tools/bin/helm");
-                local.is_file().then_some(local)
-            })
-            .or_else(|| on_path("helm"));
-        let Some(bin) = found else {
-            skip("needs helm (run just setup)");
-            return None;
-        };
-        let home = tempfile::tempdir().expect("a temporary Helm home");
-        Some(Helm { bin, home })
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let home = self.home.path();
-        Command::new(&self.bin)
-            .args(args)
-            .current_dir(workspace_root())
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_DATA_HOME", home.join("data"))
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()))
-    }
-
-    /// `helm template scour <chart> --namespace kube-system <extra>`; panics
-    /// with Helm's error when the render fails.
-    fn template(&self, extra: &[&str]) -> String {
-        let mut args = vec!["template", "scour", CHART, "--namespace", NAMESPACE];
-        args.extend_from_slice(extra);
-        let o = self.run(&args);
-        assert!(
-            o.status.success(),
-            "helm {}:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).expect("helm prints UTF-8")
-    }
-
-    /// The error of a render that must fail.
-    fn template_error(&self, extra: &[&str]) -> String {
-        let mut args = vec!["template", "scour", CHART, "--namespace", NAMESPACE];
-        args.extend_from_slice(extra);
-        let o = self.run(&args);
-        assert!(!o.status.success(), "helm {} should have failed", args.join(" "));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    }
-}
 
 // ------------------------------------------------------------- objects
 
@@ -871,16 +800,11 @@ fn rbac_is_least_privilege_and_the_worker_has_none() {
     assert_eq!(
         grants(cluster[0].rules.as_deref().unwrap()),
         triples(&[
-            ("", "nodes", &["get", "list"]),
-            ("eraser.sh", "imagelists", &["get", "list", "watch"]),
-            ("eraser.sh", "imagelists/status", &["get", "update", "patch"]),
-            (
-                "eraser.sh",
-                "imagejobs",
-                &["create", "get", "list", "watch", "update", "patch", "delete"]
-            ),
-            ("eraser.sh", "imagejobs/status", &["get", "update", "patch"]),
-            ("", "events", &["create", "patch"]),
+            ("", "nodes", &["list"]),
+            ("eraser.sh", "imagelists", &["list", "watch"]),
+            ("eraser.sh", "imagelists/status", &["patch"]),
+            ("eraser.sh", "imagejobs", &["create", "get", "list", "watch", "delete"]),
+            ("eraser.sh", "imagejobs/status", &["patch"]),
             ("events.k8s.io", "events", &["create", "patch"]),
         ]),
         "the ClusterRole grants exactly the cluster-scoped needs"
@@ -892,7 +816,7 @@ fn rbac_is_least_privilege_and_the_worker_has_none() {
         grants(roles[0].rules.as_deref().unwrap()),
         triples(&[
             ("", "pods", &["create", "get", "list", "watch", "delete"]),
-            ("", "configmaps", &["get", "list", "watch", "create", "update", "patch"]),
+            ("", "configmaps", &["get", "list", "watch", "create", "update"]),
             ("coordination.k8s.io", "leases", &["get", "create", "update"]),
         ]),
         "the Role grants exactly the namespaced needs"

@@ -374,12 +374,35 @@ fn config_check_names_the_field_at_fault() {
         ),
         ("scour:\n  policy:\n    configMap: p\n", "scour.policy.sha256"),
         ("scour:\n  polcy: {}\n", "scour.polcy"),
+        (
+            "  imageJob:\n    cleanup:\n      delayOnFailure: 99999999999999999999h\n",
+            "manager.imageJob.cleanup.delayOnFailure",
+        ),
     ] {
         std::fs::write(&file, format!("{base}{extra}")).unwrap();
         let o = scour(&["config", "check", file.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{extra}");
         assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn an_absurd_duration_is_a_usage_error_naming_the_field_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("controller_manager_config.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\nmanager:\n  scheduling:\n    repeatInterval: 99999999999999999999h\n",
+    )
+    .unwrap();
+    let o = scour(&["config", "check", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("manager.scheduling.repeatInterval"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("too long"), "{}", stderr(&o));
 }
 
 #[test]

@@ -1,27 +1,28 @@
-//! P5b: the real `scour controller` process over a 1 000-node run, against
-//! the in-memory API server (tests/fake-kube) served over HTTP through a
-//! kubeconfig. The bench plays the kubelets: it finishes each worker pod
-//! with a termination summary. Baseline: the same run over 10 nodes,
-//! measured in the same process.
+//! P5b: the real `scour controller` process over a 1 000-node run, against a
+//! real kube-apiserver (1.20) and etcd, as the chart's ServiceAccount. The
+//! bench plays the kubelets: it ends each worker pod with a termination
+//! summary. Baseline: the same run over 10 nodes, measured in the same
+//! process.
 //!
-//! - plan + launch: controller start until every worker pod exists
-//!   (rollout cap 100%, so the cap does not hide the cost);
+//! - plan + launch: the run's start (the config applied) until every
+//!   worker pod exists (rollout cap 100%, so the cap does not hide the cost);
 //! - collect + finish: the last pod ending until the ImageJob is Completed;
-//! - peak RSS of the controller (VmHWM). Target: ≤ 30 MiB at 1 000 nodes.
+//! - peak RSS of the controller (VmHWM). Target: ≤ 30 MiB at 1 000 nodes;
+//! - API requests of the controller, from the API server's audit log: per
+//!   run, by verb and resource, and in an idle minute after the run.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use scour::controller::crd::{ImageJob, JobPhase};
 use scour::report::{ImageEntry, Status, Summary, TerminationSummary};
-use scour_fake_kube::FakeApi;
+use scour_testkit::cluster::{Cluster, ControllerProcess, NS, config_map, node};
+use scour_testkit::control_plane::AuditEvent;
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
-const NS: &str = "kube-system";
 const CONFIG: &str = "apiVersion: eraser.sh/v1alpha3
 kind: EraserConfig
 manager:
@@ -37,12 +38,18 @@ scour:
   rollout:
     maxConcurrency: 100%
 ";
+/// How long the idle leader is watched after the run.
+const IDLE: Duration = Duration::from_secs(60);
 
 struct Row {
     nodes: usize,
     launch: Duration,
     finish: Duration,
     peak_rss: u64,
+    /// verb resource[/subresource] → count, for the whole run.
+    run_requests: BTreeMap<String, usize>,
+    /// The same, during the idle minute.
+    idle_requests: BTreeMap<String, usize>,
 }
 
 fn main() {
@@ -51,20 +58,28 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rows: Vec<Row> = [10, 1000].into_iter().map(|n| runtime.block_on(run(n))).collect();
+    let rows: Vec<Row> = [10, 1000]
+        .into_iter()
+        .filter_map(|n| runtime.block_on(run(n)))
+        .collect();
+    if rows.len() < 2 {
+        eprintln!("P5b skipped: no control plane (run `just setup`)");
+        return;
+    }
     let (base, big) = (&rows[0], &rows[1]);
-    println!("\nP5b: scour controller, one run, rollout cap 100% (fake API over HTTP)");
+    println!("\nP5b: scour controller, one run, rollout cap 100%, real kube-apiserver 1.20 + etcd");
     println!(
-        "{:>6}  {:>14}  {:>16}  {:>14}",
-        "nodes", "plan+launch", "collect+finish", "peak RSS"
+        "{:>6}  {:>14}  {:>16}  {:>14}  {:>14}",
+        "nodes", "plan+launch", "collect+finish", "peak RSS", "API requests"
     );
     for r in &rows {
         println!(
-            "{:>6}  {:>12.2} s  {:>14.2} s  {:>10.1} MiB",
+            "{:>6}  {:>12.2} s  {:>14.2} s  {:>10.1} MiB  {:>14}",
             r.nodes,
             r.launch.as_secs_f64(),
             r.finish.as_secs_f64(),
-            r.peak_rss as f64 / 1048576.0
+            r.peak_rss as f64 / 1048576.0,
+            r.run_requests.values().sum::<usize>()
         );
     }
     println!(
@@ -74,86 +89,114 @@ fn main() {
         big.peak_rss as f64 / base.peak_rss as f64,
         if big.peak_rss <= 30 * 1048576 { "met" } else { "MISSED" }
     );
+    for r in &rows {
+        println!(
+            "API requests of the {}-node run: {}",
+            r.nodes,
+            breakdown(&r.run_requests)
+        );
+    }
+    for r in &rows {
+        let other: usize = r
+            .idle_requests
+            .iter()
+            .filter(|(k, _)| !k.contains("leases"))
+            .map(|(_, v)| v)
+            .sum();
+        println!(
+            "idle leader, {} s after the {}-node run: {} ({} besides the Lease; goal 0)",
+            IDLE.as_secs(),
+            r.nodes,
+            breakdown(&r.idle_requests),
+            other
+        );
+    }
 }
 
-async fn run(nodes: usize) -> Row {
-    let fake = FakeApi::new();
-    for i in 0..nodes {
-        fake.seed(&Node {
-            metadata: ObjectMeta {
-                name: Some(format!("aks-nodepool1-12345678-vmss{i:06}")),
-                labels: Some(BTreeMap::from([("kubernetes.io/os".into(), "linux".into())])),
-                ..Default::default()
-            },
-            ..Default::default()
-        });
-    }
-    fake.seed(&ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("eraser-manager-config".into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "controller_manager_config.yaml".into(),
-            CONFIG.into(),
-        )])),
-        ..Default::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = fake.clone();
-    let serving = tokio::spawn(async move { server.serve_http(listener).await });
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n"
-        ),
-    )
-    .unwrap();
+fn breakdown(requests: &BTreeMap<String, usize>) -> String {
+    let total: usize = requests.values().sum();
+    let parts: Vec<String> = requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("{total} ({})", parts.join(", "))
+}
 
-    let started = Instant::now();
-    let mut controller = Controller::start(&kubeconfig);
-    let pods = wait_for(Duration::from_secs(300), || {
-        let pods = fake.list::<Pod>();
-        (pods.len() == nodes).then_some(pods)
+fn tally(events: &[AuditEvent]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in events.iter().filter(|e| e.user_agent.starts_with("scour-controller")) {
+        let resource = if e.subresource.is_empty() {
+            e.resource.clone()
+        } else {
+            format!("{}/{}", e.resource, e.subresource)
+        };
+        *out.entry(format!("{} {resource}", e.verb)).or_default() += 1;
+    }
+    out
+}
+
+async fn run(nodes: usize) -> Option<Row> {
+    let c = Cluster::start().await?;
+    for i in 0..nodes {
+        c.apply(&node(&format!("aks-nodepool1-12345678-vmss{i:06}"), &[])).await;
+    }
+    let mut controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "bench", &[]);
+    // The controller is up and idle (no config yet) before the clock starts.
+    c.eventually("the controller to lead", || async {
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.admin.clone(), NS)
+            .get_opt("scour-controller")
+            .await
+            .ok()
+            .flatten()
     })
     .await;
+    let before = c.plane.audit().len();
+    let started = Instant::now();
+    Api::namespaced(c.admin.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &config_map("eraser-manager-config", "controller_manager_config.yaml", CONFIG, false),
+        )
+        .await
+        .expect("the config");
+    let pods = c
+        .eventually("every worker pod", || async {
+            let pods: Vec<Pod> = c.pods().await;
+            (pods.len() == nodes).then_some(pods)
+        })
+        .await;
     let launch = started.elapsed();
     for pod in &pods {
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        fake.finish_pod(NS, &pod.name_any(), 0, &summary(&node));
+        c.finish_pod(&pod.name_any(), 0, &summary(&node)).await;
     }
     let ended = Instant::now();
-    wait_for(Duration::from_secs(300), || {
-        fake.list::<ImageJob>()
+    c.eventually("the run to complete", || async {
+        c.jobs()
+            .await
             .into_iter()
-            .find(|j| j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Completed))
+            .find(|j: &ImageJob| j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Completed))
     })
     .await;
     let finish = ended.elapsed();
+    // The pods' cleanup (delayOnSuccess 0s) is part of the run.
+    c.eventually("the worker pods to go", || async {
+        c.pods().await.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let audit = c.plane.audit();
+    let run_requests = tally(&audit[before..]);
+    let idle_from = audit.len();
+    tokio::time::sleep(IDLE).await;
+    let idle_requests = tally(&c.plane.audit()[idle_from..]);
     let peak_rss = controller.peak_rss();
     controller.stop();
-    serving.abort();
-    Row {
+    Some(Row {
         nodes,
         launch,
         finish,
         peak_rss,
-    }
-}
-
-async fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        run_requests,
+        idle_requests,
+    })
 }
 
 fn summary(node: &str) -> String {
@@ -181,50 +224,4 @@ fn summary(node: &str) -> String {
         omitted: 0,
     })
     .unwrap()
-}
-
-/// The controller process, stopped by its PID with SIGTERM.
-struct Controller(Child);
-
-impl Controller {
-    fn start(kubeconfig: &std::path::Path) -> Self {
-        let child = Command::new(SCOUR)
-            .args([
-                "controller",
-                "--tick",
-                "200ms",
-                "--listen",
-                "127.0.0.1:0",
-                "--identity",
-                "bench",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAMESPACE", NS)
-            .env("SCOUR_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting scour controller");
-        Self(child)
-    }
-
-    fn peak_rss(&self) -> u64 {
-        scour::report::peak_rss_bytes_of(&self.0.id().to_string()).expect("VmHWM in /proc/PID/status")
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

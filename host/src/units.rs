@@ -66,7 +66,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         total += value * seconds;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| format!("invalid duration {s:?}: too long"))
 }
 
 /// `1.5 MiB` and the like, for people.
@@ -114,5 +114,12 @@ mod tests {
         for bad in ["", "24", "h", "1d", "1h 30m", "-1h"] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_absurd_duration_is_an_error_not_a_panic() {
+        let e = parse_go_duration("99999999999999999999h").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse_go_duration(&format!("{}h", "9".repeat(400))).is_err());
     }
 }

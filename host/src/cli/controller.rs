@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use k8s_openapi::jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::metrics::Metrics;
 use crate::controller::serve::{self, Health};
-use crate::controller::{Controller, Options, Tick};
+use crate::controller::{Controller, Options, SystemClock};
 use crate::units::parse_duration;
 
 /// Run the cluster controller: start worker pods on an interval or when the
@@ -24,8 +23,10 @@ use crate::units::parse_duration;
     default 168h), or when the ImageList named `imagelist` is created or changed, it starts one worker pod per \
     selected node, at most scour.rollout.maxConcurrency at once, and records each node's removals in an ImageJob. \
     The config is read from the API (ConfigMap eraser-manager-config, key controller_manager_config.yaml) before \
-    every run, so edits apply to the next run without a restart. Replicas elect a leader through a Lease; only the \
-    leader acts. Serves /healthz, /readyz and /metrics on --listen."
+    every run, so edits apply to the next run without a restart. It watches the ImageList, its ImageJobs and worker \
+    pods and the config and exclusion ConfigMaps, and wakes on their changes and when something falls due; it does \
+    not poll. Replicas elect a leader through a Lease; only the leader acts (and watches). Serves /healthz, /readyz \
+    and /metrics on --listen."
 )]
 pub struct ControllerArgs {
     /// Namespace of the config, the exclusion ConfigMaps, the worker pods and the Lease.
@@ -40,9 +41,12 @@ pub struct ControllerArgs {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "SCOUR_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
-    /// How often the controller looks at the cluster.
-    #[arg(long, env = "SCOUR_TICK", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
-    tick: Duration,
+    /// Changes arriving within this long are handled together (a burst of worker pods finishing).
+    #[arg(long, env = "SCOUR_DEBOUNCE", default_value = "500ms", value_parser = parse_duration, value_name = "DUR")]
+    debounce: Duration,
+    /// How long each watch request lasts before it is renewed.
+    #[arg(long, env = "SCOUR_WATCH_TIMEOUT", default_value = "290s", value_parser = parse_duration, value_name = "DUR")]
+    watch_timeout: Duration,
     /// This replica's name in the Lease [default: the host name].
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -92,6 +96,8 @@ impl ControllerArgs {
             node_state_dir: self.node_state_dir.clone(),
             system_exclusion_config_map: self.system_exclusion_config_map.clone(),
             history: self.history,
+            debounce: self.debounce,
+            watch_timeout: self.watch_timeout,
             ..Options::new(&self.namespace, &identity)
         }
     }
@@ -104,9 +110,8 @@ pub fn run(args: ControllerArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let opts = args.options();
+        let client = client(&opts.identity).await?;
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(Health::default());
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -120,27 +125,30 @@ pub fn run(args: ControllerArgs) -> Result<ExitCode> {
         });
         let cancel = CancellationToken::new();
         super::worker::spawn_signal_handler(cancel.clone(), "stepping down and exiting");
-        let opts = args.options();
         tracing::info!(namespace = %opts.namespace, identity = %opts.identity, listen = %args.listen, "controller starting");
-        let mut controller = Controller::new(client, opts, metrics);
-        let mut last = None;
-        loop {
-            match controller.tick(Timestamp::now()).await {
-                Ok(tick) => {
-                    health.ready.store(true, Ordering::Relaxed);
-                    if last.as_ref() != Some(&tick) && !matches!(tick, Tick::Running(_)) {
-                        tracing::debug!(?tick, "tick");
-                    }
-                    last = Some(tick);
-                }
-                Err(e) => tracing::error!("{e}"),
+        let controller = Controller::new(client, opts, Arc::new(SystemClock), metrics);
+        let mut progress = controller.progress();
+        tokio::spawn(async move {
+            while progress.changed().await.is_ok() {
+                let reached = progress.borrow().reached;
+                health.ready.store(reached, Ordering::Relaxed);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(args.tick) => {}
-                _ = cancel.cancelled() => break,
-            }
-        }
-        controller.shutdown().await;
+        });
+        controller.run(cancel).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A client from the in-cluster config or KUBECONFIG, that names itself to
+/// the API server (its audit log shows `scour-controller/VERSION (IDENTITY)`).
+async fn client(identity: &str) -> Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let agent = format!("scour-controller/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("the user agent")?,
+    ));
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }

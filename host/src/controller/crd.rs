@@ -3,10 +3,10 @@
 //! run over the nodes, with what each node removed).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use kube::CustomResourceExt;
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::report::{ImageEntry, Status as PassStatus, Summary};
@@ -52,8 +52,9 @@ pub struct ImageListStatus {
     /// The ImageJob that ran this list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// Completed or Failed.
+    /// Running, Completed or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "job_phase")]
     pub phase: Option<JobPhase>,
     /// Images removed across all nodes.
     #[serde(default)]
@@ -64,6 +65,13 @@ pub struct ImageListStatus {
     /// Why the run failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The list's `metadata.generation` that the run named by `job` ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Running`, `Complete` and `Failed`, as on the ImageJob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// One run of workers over the selected nodes. Kept after the run as the
@@ -147,10 +155,32 @@ pub enum JobPhase {
     Failed,
 }
 
+impl JobPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Running => "Running",
+            JobPhase::Completed => "Completed",
+            JobPhase::Failed => "Failed",
+        }
+    }
+}
+
+/// An optional phase: a plain string enum. The derived schema of an
+/// `Option` of an enum lists `null` among the values, which kubectl's
+/// validation refuses (`unknown object type "nil"`).
+fn job_phase(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["Running", "Completed", "Failed"],
+    })
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageJobStatus {
     /// Running, then Completed or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "job_phase")]
     pub phase: Option<JobPhase>,
     /// Every node listed, skipped ones included (as Eraser counts).
     pub desired: i64,
@@ -178,6 +208,13 @@ pub struct ImageJobStatus {
     /// Why the run failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The ImageJob's `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Running` (True while nodes remain), then `Complete` or `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
     /// One entry per selected or skipped node.
     #[serde(default)]
     pub nodes: Vec<NodeResult>,

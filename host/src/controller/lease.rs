@@ -17,6 +17,9 @@ pub struct Elector {
     identity: String,
     duration: Duration,
     leading: bool,
+    /// The Lease as our last write left it: a leader renews it with one
+    /// request, and a 409 says someone else wrote it since.
+    ours: Option<Lease>,
 }
 
 impl Elector {
@@ -27,20 +30,43 @@ impl Elector {
             identity: identity.to_owned(),
             duration,
             leading: false,
+            ours: None,
         }
     }
 
     /// Takes or renews the lease. Another holder's lease is taken only once
-    /// it has not been renewed for its whole duration.
+    /// it has not been renewed for its whole duration. A leader renews with
+    /// one request; if someone wrote the Lease since, it reads it again.
     pub async fn try_lead(&mut self, now: Timestamp) -> Result<bool> {
-        let current = self.api.get_opt(&self.name).await?;
+        if self.leading
+            && let Some(lease) = self.ours.clone()
+        {
+            match self.attempt(Some(lease), now).await {
+                Err(e) if api_code(&e) == Some(409) => {}
+                outcome => return self.settle(outcome, now),
+            }
+        }
+        let outcome = match self.api.get_opt(&self.name).await {
+            Ok(current) => self.attempt(current, now).await,
+            Err(e) => Err(e),
+        };
+        self.settle(outcome, now)
+    }
+
+    /// Until when our last renewal holds the lease, while we lead.
+    pub fn valid_until(&self) -> Option<Timestamp> {
+        let renewed = self.ours.as_ref()?.spec.as_ref()?.renew_time.as_ref()?.0;
+        self.leading.then(|| super::clock::add(renewed, self.duration))
+    }
+
+    async fn attempt(&self, current: Option<Lease>, now: Timestamp) -> kube::Result<Option<Lease>> {
         let spec = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
             renew_time: Some(MicroTime(now)),
             ..Default::default()
         };
-        let outcome = match current {
+        match current {
             None => {
                 let lease = Lease {
                     metadata: ObjectMeta {
@@ -53,16 +79,15 @@ impl Elector {
                         ..spec
                     }),
                 };
-                self.api.create(&PostParams::default(), &lease).await.map(|_| ())
+                self.api.create(&PostParams::default(), &lease).await.map(Some)
             }
             Some(mut lease) => {
                 let old = lease.spec.clone().unwrap_or_default();
                 let ours = old.holder_identity.as_deref() == Some(self.identity.as_str());
                 if !ours && !expired(&old, now) {
-                    self.leading = false;
-                    return Ok(false);
+                    return Ok(None);
                 }
-                let transitions = old.lease_transitions.unwrap_or(0) + i32::from(!ours);
+                let transitions = old.lease_transitions.unwrap_or(0).saturating_add(i32::from(!ours));
                 lease.spec = Some(LeaseSpec {
                     acquire_time: if ours { old.acquire_time } else { Some(MicroTime(now)) },
                     lease_transitions: Some(transitions),
@@ -72,26 +97,47 @@ impl Elector {
                 self.api
                     .replace(&self.name, &PostParams::default(), &lease)
                     .await
-                    .map(|_| ())
+                    .map(Some)
             }
-        };
+        }
+    }
+
+    /// `Ok(Some)`: we hold it; `Ok(None)` or a 409: another replica does.
+    /// Any other error leaves us unsure: the caller decides whether its
+    /// last renewal still covers it ([`Elector::valid_until`]).
+    fn settle(&mut self, outcome: kube::Result<Option<Lease>>, now: Timestamp) -> Result<bool> {
         match outcome {
-            Ok(()) => {
+            Ok(Some(lease)) => {
                 if !self.leading {
                     tracing::info!(identity = %self.identity, lease = %self.name, "became the leader");
                 }
+                self.ours = Some(lease);
                 self.leading = true;
+                Ok(true)
+            }
+            Ok(None) => {
+                self.lose();
+                Ok(false)
             }
             Err(e) if api_code(&e) == Some(409) => {
-                self.leading = false;
+                self.lose();
+                Ok(false)
             }
             Err(e) => {
-                // Unsure whether we still hold it: act as a follower until we know.
-                self.leading = false;
-                return Err(e.into());
+                if self.valid_until().is_none_or(|t| t <= now) {
+                    self.lose();
+                }
+                Err(e.into())
             }
         }
-        Ok(self.leading)
+    }
+
+    fn lose(&mut self) {
+        if self.leading {
+            tracing::info!(identity = %self.identity, lease = %self.name, "no longer the leader");
+        }
+        self.leading = false;
+        self.ours = None;
     }
 
     /// Gives the lease up on shutdown so a standby takes over at once.
@@ -100,6 +146,7 @@ impl Elector {
             return;
         }
         self.leading = false;
+        self.ours = None;
         if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
             && let Some(spec) = lease.spec.as_mut()
             && spec.holder_identity.as_deref() == Some(self.identity.as_str())

@@ -9,18 +9,16 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use super::crd::{ImageJob, Trigger};
 use super::error::{Error, Result};
-use super::reconcile::CONFIG_KEY;
+use super::{CONFIG_KEY, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::config::{Loaded, Resources};
 
 pub const CONTAINER: &str = "worker";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "scour";
-pub const LABEL_JOB: &str = "scour.dev/job";
 /// Eraser's label on worker pods, kept so existing dashboards still match.
 pub const LABEL_ERASER_TYPE: &str = "eraser.sh/type";
 const ANNOTATION_IMAGELIST: &str = "scour.dev/imagelist";
@@ -289,14 +287,8 @@ impl WorkerTemplate {
                 namespace: Some(self.namespace.clone()),
                 labels: Some(labels),
                 annotations: Some(annotations),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "eraser.sh/v1".into(),
-                    kind: "ImageJob".into(),
-                    name: job_name,
-                    uid: job.metadata.uid.clone().unwrap_or_default(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(false),
-                }]),
+                // Garbage-collected with its ImageJob where a garbage collector runs.
+                owner_references: job.controller_owner_ref(&()).map(|r| vec![r]),
                 ..Default::default()
             },
             spec: Some(PodSpec {

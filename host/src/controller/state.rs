@@ -44,7 +44,15 @@ impl Store {
         }
     }
 
-    pub async fn load(&mut self) -> Result<State> {
+    /// The state as last loaded or saved; read from the API the first time.
+    pub async fn get(&mut self) -> Result<State> {
+        match &self.loaded {
+            Some((state, _)) => Ok(state.clone()),
+            None => self.load().await,
+        }
+    }
+
+    async fn load(&mut self) -> Result<State> {
         let cm = self.api.get_opt(&self.name).await?.unwrap_or_else(|| ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
@@ -77,8 +85,9 @@ impl Store {
         Ok(state)
     }
 
-    /// Writes the state if it changed since `load`. A conflict means another
-    /// writer got there first; the caller stops this tick and reloads.
+    /// Writes the state if it changed since it was read. A conflict means
+    /// another writer got there first; the caller stops this reconcile and
+    /// the next one reads the state again.
     pub async fn save(&mut self, state: &State) -> Result<()> {
         let Some((old, cm)) = &self.loaded else {
             return Ok(());
@@ -102,11 +111,21 @@ impl Store {
         let mut cm = cm.clone();
         cm.data = Some(data);
         let saved = if cm.metadata.resource_version.is_some() {
-            self.api.replace(&self.name, &PostParams::default(), &cm).await?
+            self.api.replace(&self.name, &PostParams::default(), &cm).await
         } else {
-            self.api.create(&PostParams::default(), &cm).await?
+            self.api.create(&PostParams::default(), &cm).await
         };
-        self.loaded = Some((state.clone(), saved));
-        Ok(())
+        match saved {
+            Ok(saved) => {
+                self.loaded = Some((state.clone(), saved));
+                Ok(())
+            }
+            Err(e) => {
+                // Another writer (a previous leader) got there first, or the
+                // write may not have happened: read it again next time.
+                self.loaded = None;
+                Err(e.into())
+            }
+        }
     }
 }

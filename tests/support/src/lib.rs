@@ -1,11 +1,16 @@
 //! Test support for scour's integration scenarios (`tests/*.rs`).
 
+pub mod clock;
+pub mod cluster;
 pub mod containerd;
+pub mod control_plane;
 pub mod fake_cri;
 pub mod fake_trivy;
 pub mod gate;
 pub mod guests;
+pub mod helm;
 pub mod images;
+pub mod kubelet;
 pub mod nodes;
 pub mod scenario;
 pub mod trivydb;

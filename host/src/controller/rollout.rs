@@ -1,0 +1,311 @@
+//! A run in flight: collect what each finished worker pod reports, time out
+//! pods stuck Pending or running past the node timeout, and start queued
+//! nodes' pods within the rollout cap.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+
+use super::api::delete_if_present;
+use super::clock::add_secs;
+use super::crd::{ImageJob, ImageJobStatus, NodePhase, NodeResult};
+use super::error::{Result, api_code};
+use super::launch::Prepared;
+use super::pods::{CONTAINER, pod_name};
+use super::reconcile::Reconciler;
+use super::{LABEL_JOB, Tick};
+use crate::config::Loaded;
+use crate::report::{Status as PassStatus, TerminationSummary};
+
+impl Reconciler {
+    pub(super) async fn progress(&mut self, job: &ImageJob, loaded: Option<&Loaded>, now: Timestamp) -> Result<Tick> {
+        let name = job.name_any();
+        let Some(mut status) = job.status.clone().filter(|s| s.phase.is_some()) else {
+            // Created, but its status never written (the controller stopped
+            // in between): set it up now.
+            let Some(loaded) = loaded else {
+                return Ok(Tick::InvalidConfig(format!(
+                    "run {name} waits for a valid config to start"
+                )));
+            };
+            let prepared: Prepared = self.prepare(loaded, now).await?;
+            let list = self.list_of(job);
+            self.launch(job.clone(), prepared, list.as_ref(), now).await?;
+            return Ok(Tick::Started(name));
+        };
+        let before = status.clone();
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let pods = self.pod_views(&name);
+        let rollout = job.spec.rollout.clone();
+        for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Running) {
+            let Some(pod) = pods.get(&n.name) else {
+                // The store may lag behind a pod just created: ask before
+                // concluding it is gone.
+                let expected = n.pod.clone().unwrap_or_else(|| pod_name(&name, &n.name));
+                if pods_api.get_metadata_opt(&expected).await?.is_some() {
+                    continue;
+                }
+                fail(n, now, format!("worker pod {expected} disappeared before it finished"));
+                continue;
+            };
+            match pod.phase.as_deref() {
+                Some("Succeeded" | "Failed") => {
+                    absorb(n, pod);
+                    n.finished = Some(Time(now));
+                }
+                _ if pod.deleting => {
+                    fail(
+                        n,
+                        now,
+                        format!("worker pod {} was deleted before it finished", pod.name),
+                    );
+                }
+                phase => {
+                    let started = n.started.as_ref().map(|t| t.0).unwrap_or(now);
+                    let pending = matches!(phase, Some("Pending") | None);
+                    let (limit, what) = if pending {
+                        (rollout.pending_timeout_seconds, "stayed Pending for")
+                    } else {
+                        (rollout.node_timeout_seconds, "did not finish within")
+                    };
+                    // 0 means no limit (records written before the field existed).
+                    if limit <= 0 {
+                        continue;
+                    }
+                    let deadline = add_secs(started, limit);
+                    if now < deadline {
+                        self.wake_at(deadline);
+                        continue;
+                    }
+                    delete_if_present(&pods_api, &pod.name).await?;
+                    let why = if pending { pod.waiting.as_ref() } else { None };
+                    let message = format!(
+                        "worker pod {what} {}{}; deleted it",
+                        humantime::format_duration(Duration::from_secs(limit.unsigned_abs())),
+                        why.map(|r| format!(" ({r})")).unwrap_or_default()
+                    );
+                    tracing::warn!(job = %name, node = %n.name, "{message}");
+                    fail(n, now, message);
+                }
+            }
+        }
+        let transient = self.launch_queued(job, &mut status, &pods, loaded, now).await?;
+
+        let done = status.nodes.iter().all(|n| n.phase.is_done());
+        if status != before || done {
+            self.write_progress(job, status, now).await?;
+        }
+        if let Some(e) = transient {
+            // What launched is recorded; the rest is retried.
+            return Err(e.into());
+        }
+        Ok(if done {
+            Tick::Finished(name)
+        } else {
+            Tick::Running(name)
+        })
+    }
+
+    /// Starts queued nodes' pods while the run is under its cap. A queued
+    /// node whose pod already exists (created before a restart, or before a
+    /// status write that did not land) is running. A transient API error
+    /// stops the launching and is handed back, to be retried after what was
+    /// launched is recorded.
+    async fn launch_queued(
+        &mut self,
+        job: &ImageJob,
+        status: &mut ImageJobStatus,
+        pods: &HashMap<String, PodView>,
+        loaded: Option<&Loaded>,
+        now: Timestamp,
+    ) -> Result<Option<kube::Error>> {
+        let name = job.name_any();
+        let rollout = &job.spec.rollout;
+        for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Queued) {
+            if let Some(pod) = pods.get(&n.name) {
+                n.phase = NodePhase::Running;
+                n.pod = Some(pod.name.clone());
+                n.started = Some(Time(pod.created.unwrap_or(now)));
+                self.wake_at(add_secs(pod.created.unwrap_or(now), rollout.pending_timeout_seconds));
+            }
+        }
+        let running = status.nodes.iter().filter(|n| n.phase == NodePhase::Running).count();
+        let cap = usize::try_from(rollout.max_concurrency.max(1)).unwrap_or(usize::MAX);
+        let slots = cap.saturating_sub(running);
+        let queued: Vec<usize> = status
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.phase == NodePhase::Queued)
+            .map(|(i, _)| i)
+            .take(slots)
+            .collect();
+        if queued.is_empty() {
+            return Ok(None);
+        }
+        if !self.plans.contains_key(&name) {
+            self.replan(job, loaded, now).await?;
+        }
+        let Some(plan) = self.plans.get(&name) else {
+            return Ok(None);
+        };
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let mut started = Vec::new();
+        let mut transient = None;
+        for i in queued {
+            let n = &mut status.nodes[i];
+            let labels = plan.labels.get(&n.name).cloned().unwrap_or_default();
+            let pod = plan.template.pod(job, &n.name, &labels);
+            let pod_name = pod.name_any();
+            match pods_api.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                // Created before a restart: the same name, the same pod.
+                Err(e) if api_code(&e) == Some(409) => {}
+                Err(e) if matches!(api_code(&e), Some(400..=499)) && api_code(&e) != Some(429) => {
+                    fail(n, now, format!("could not create the worker pod: {e}"));
+                    continue;
+                }
+                Err(e) => {
+                    // Transient; the node stays queued.
+                    tracing::warn!(job = %name, node = %n.name, "creating the worker pod failed: {e}");
+                    transient = Some(e);
+                    break;
+                }
+            }
+            n.phase = NodePhase::Running;
+            n.pod = Some(pod_name);
+            n.started = Some(Time(now));
+            started.push(add_secs(now, rollout.pending_timeout_seconds));
+        }
+        for deadline in started {
+            self.wake_at(deadline);
+        }
+        Ok(transient)
+    }
+
+    /// The run's pods as the store has them, by node.
+    fn pod_views(&self, job: &str) -> HashMap<String, PodView> {
+        self.inputs
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.labels().get(LABEL_JOB).map(String::as_str) == Some(job))
+            .filter_map(|p| PodView::of(p))
+            .collect()
+    }
+}
+
+fn fail(n: &mut NodeResult, now: Timestamp, message: String) {
+    n.phase = NodePhase::Failed;
+    n.finished = Some(Time(now));
+    n.message = Some(message);
+}
+
+/// What a run needs of a worker pod.
+pub struct PodView {
+    name: String,
+    phase: Option<String>,
+    created: Option<Timestamp>,
+    /// Being deleted: by a timeout, or by someone else.
+    deleting: bool,
+    /// Exit code, reason and termination message of the worker container.
+    terminated: Option<(i32, Option<String>, Option<String>)>,
+    /// Why the pod is not running yet, for the Pending timeout's message.
+    waiting: Option<String>,
+}
+
+impl PodView {
+    fn of(pod: &Pod) -> Option<(String, PodView)> {
+        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let status = pod.status.clone().unwrap_or_default();
+        let state = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.name == CONTAINER)
+            .and_then(|c| c.state);
+        let terminated = state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| (t.exit_code, t.reason.clone(), t.message.clone()));
+        let waiting = state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .map(|w| match &w.message {
+                Some(m) => format!("{}: {m}", w.reason.as_deref().unwrap_or("waiting")),
+                None => w.reason.clone().unwrap_or_else(|| "waiting".into()),
+            })
+            .or_else(|| {
+                status
+                    .conditions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.status == "False" && c.reason.is_some())
+                    .map(|c| format!("{}: {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+            });
+        let view = PodView {
+            name: pod.name_any(),
+            phase: status.phase,
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            terminated,
+            waiting,
+        };
+        Some((node, view))
+    }
+}
+
+/// A finished pod's outcome, from its exit and its termination summary.
+fn absorb(n: &mut NodeResult, pod: &PodView) {
+    let pod_succeeded = pod.phase.as_deref() == Some("Succeeded");
+    let exit = pod.terminated.as_ref().map(|t| t.0);
+    let summary = pod
+        .terminated
+        .as_ref()
+        .and_then(|t| t.2.as_deref())
+        .filter(|m| !m.trim().is_empty())
+        .map(TerminationSummary::parse);
+    let mut problem = None;
+    let mut pass_failed = false;
+    match summary {
+        Some(Ok(s)) => {
+            if s.status == PassStatus::Failed {
+                pass_failed = true;
+                problem = Some(format!(
+                    "the worker's pass failed: {}",
+                    s.errors.first().map(String::as_str).unwrap_or("no reason given")
+                ));
+            }
+            n.status = Some(s.status);
+            n.summary = Some(s.summary);
+            n.removed = s.removed;
+            n.failed = s.failed;
+            n.errors = s.errors;
+            n.omitted = s.omitted as u64;
+        }
+        Some(Err(e)) => problem = Some(e),
+        None => problem = Some("the worker left no termination summary".into()),
+    }
+    let ok = pod_succeeded && exit == Some(0) && !pass_failed;
+    n.phase = if ok { NodePhase::Succeeded } else { NodePhase::Failed };
+    if !ok {
+        let reason = pod
+            .terminated
+            .as_ref()
+            .and_then(|t| t.1.clone())
+            .unwrap_or_else(|| "no exit status".into());
+        n.message = Some(match (exit, problem) {
+            (Some(code), Some(p)) => format!("exit {code} ({reason}): {p}"),
+            (Some(code), None) => format!("exit {code} ({reason})"),
+            (None, Some(p)) => format!("{reason}: {p}"),
+            (None, None) => reason,
+        });
+    } else if let Some(p) = problem {
+        n.message = Some(p);
+    }
+}

@@ -1,0 +1,329 @@
+//! A whole cluster run, end to end: a real kube-apiserver (1.20) with the
+//! chart applied through kubectl, the real `scour controller` process as the
+//! chart's ServiceAccount, and for each Linux node a private containerd and
+//! a node agent that plays its kubelet, running the real `scour worker` from
+//! each worker pod's command line against that node's containerd.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use scour::controller::crd::{ImageJob, JobPhase, NodePhase, Trigger};
+use scour_testkit::cluster::{Cluster, ControllerProcess, node};
+use scour_testkit::control_plane::{User, require_kubectl};
+use scour_testkit::helm::Helm;
+use scour_testkit::kubelet::{NodeAgent, NodeSetup};
+use scour_testkit::scenario::{TestNode, clean, end_of_life, runnable_vulnerable, standard_db, vulnerable};
+
+const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
+/// What the chart's config says the runtime socket is.
+const RUNTIME_SOCKET: &str = "/run/containerd/containerd.sock";
+
+const SEED_IMAGELIST: &str = "apiVersion: eraser.sh/v1
+kind: ImageList
+metadata:
+  name: imagelist
+spec:
+  images:
+    - docker.io/library/alpine:3.7.3   # use \"*\" for all non-running images
+";
+
+/// A Linux node: its containerd and images, and the agent playing its kubelet.
+struct Node {
+    name: String,
+    test: TestNode,
+    agent: NodeAgent,
+}
+
+impl Node {
+    /// Whether an image named `tag` is still on the node.
+    fn has(&self, role: &str) -> bool {
+        self.test.has(role)
+    }
+}
+
+/// The chart applied with `values`, the Node objects, and one agent per
+/// Linux node over a private containerd holding `images`.
+async fn cluster(
+    values: &[&str],
+    linux: &[&str],
+    images: impl Fn(&str) -> Vec<(&'static str, scour_testkit::images::TestImage)>,
+) -> Option<(Cluster, Vec<Node>)> {
+    let c = Cluster::bare().await?;
+    if !require_kubectl() {
+        return None;
+    }
+    let helm = Helm::find()?;
+    let mut args = vec!["--include-crds"];
+    args.extend_from_slice(values);
+    apply(&c, &helm.template(&args));
+    c.apply(&node("win-1", &[("kubernetes.io/os", "windows")])).await;
+    let trivy_dir = scour_testkit::gate::require_trivy()?
+        .parent()
+        .expect("trivy's directory")
+        .to_owned();
+    let mut nodes = Vec::new();
+    for name in linux {
+        c.apply(&node(name, &[])).await;
+        let mut test = TestNode::start()?;
+        test.import(images(name));
+        let root = test.work.path().join("node");
+        let state = root.join("host/var/lib/scour");
+        // The node's Trivy DB, where the worker pod's hostPath puts it.
+        standard_db().write(&state.join("trivy")).expect("the Trivy DB");
+        let setup = NodeSetup {
+            node: (*name).to_owned(),
+            root: root.clone(),
+            host_paths: BTreeMap::from([(RUNTIME_SOCKET.to_owned(), test.ctd.socket())]),
+            binaries: BTreeMap::from([("/usr/local/bin/scour".to_owned(), PathBuf::from(SCOUR))]),
+            env: vec![
+                // The image puts Trivy on PATH; the test machine has no
+                // route to Trivy's DB registry, so workers scan offline
+                // with the DB above.
+                (
+                    "PATH".into(),
+                    format!("{}:{}", trivy_dir.display(), std::env::var("PATH").unwrap_or_default()),
+                ),
+                ("SCOUR_TRIVY_OFFLINE".into(), "true".into()),
+                (
+                    "SCOUR_POLICY_CACHE_DIR".into(),
+                    scour_testkit::scenario::policy_cache_dir().display().to_string(),
+                ),
+            ],
+        };
+        let agent = NodeAgent::start(c.admin.clone(), setup);
+        nodes.push(Node {
+            name: (*name).to_owned(),
+            test,
+            agent,
+        });
+    }
+    Some((c, nodes))
+}
+
+fn apply(c: &Cluster, yaml: &str) {
+    let mut child = c
+        .plane
+        .kubectl(User::Admin)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for the run of `trigger` number `n` to finish.
+async fn finished_run(c: &Cluster, trigger: Trigger, n: usize, controller: &ControllerProcess) -> ImageJob {
+    let job = c
+        .eventually(&format!("{trigger:?} run {n} to finish"), || async {
+            let job = c
+                .jobs()
+                .await
+                .into_iter()
+                .filter(|j| j.spec.trigger == trigger)
+                .nth(n - 1)?;
+            job.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p != JobPhase::Running)
+                .then_some(job)
+        })
+        .await;
+    let status = job.status.as_ref().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(JobPhase::Completed),
+        "{:#?}\ncontroller log:\n{}",
+        status,
+        controller.log_text()
+    );
+    job
+}
+
+fn worker_logs(nodes: &[Node]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        for ran in n.agent.ran() {
+            out.push_str(&format!(
+                "--- {} {} exit {}\n{}\n",
+                n.name,
+                ran.pod,
+                ran.exit,
+                std::fs::read_to_string(&ran.stderr).unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_seed_imagelist_removes_its_images_from_every_node_and_a_prune_spares_excluded_and_in_use_images() {
+    let images = |_: &str| {
+        vec![
+            ("victim", vulnerable("docker.io/library/alpine:3.7.3", "victim")),
+            ("excluded", clean("docker.io/library/nginx:1.25", "excluded")),
+            (
+                "in-use",
+                runnable_vulnerable("myregistry.example.com/shop/api:2.4.1", "in-use"),
+            ),
+            ("stale", end_of_life("ghcr.io/example/legacy-tool:0.9", "stale")),
+        ]
+    };
+    let Some((c, nodes)) = cluster(&["--set", "enabled=false"], &["node-a", "node-b"], images).await else {
+        return;
+    };
+    // A running container keeps its image in use on every node.
+    for n in &nodes {
+        let pod = n.test.ctd.run_pod("web").await.expect("a pod sandbox");
+        n.test
+            .ctd
+            .create_container(&pod, "myregistry.example.com/shop/api:2.4.1", "api", true)
+            .await
+            .expect("a running container");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sample.json"),
+        r#"{"excluded": ["docker.io/library/nginx:*"]}"#,
+    )
+    .unwrap();
+    let kubectl = |args: &[&str]| {
+        let out = c
+            .plane
+            .kubectl(User::Admin)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    kubectl(&[
+        "create",
+        "configmap",
+        "excluded",
+        "--from-file=sample.json",
+        "--namespace=kube-system",
+    ]);
+    kubectl(&[
+        "label",
+        "configmap",
+        "excluded",
+        "eraser.sh/exclude.list=true",
+        "-n",
+        "kube-system",
+    ]);
+    let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+
+    apply(&c, SEED_IMAGELIST);
+    let job = finished_run(&c, Trigger::Manual, 1, &controller).await;
+    let logs = worker_logs(&nodes);
+    for n in &nodes {
+        assert!(!n.has("victim"), "alpine:3.7.3 is still on {}\n{logs}", n.name);
+        for role in ["excluded", "in-use", "stale"] {
+            assert!(
+                n.has(role),
+                "{role} was removed from {} by a list that does not name it",
+                n.name
+            );
+        }
+    }
+    let status = job.status.unwrap();
+    assert_eq!(
+        (status.succeeded, status.failed, status.skipped, status.desired),
+        (2, 0, 1, 3)
+    );
+    let windows = status.nodes.iter().find(|n| n.name == "win-1").unwrap();
+    assert_eq!(
+        (windows.phase, windows.message.as_deref()),
+        (NodePhase::Skipped, Some("Windows node"))
+    );
+    for n in status.nodes.iter().filter(|n| n.name.starts_with("node-")) {
+        assert_eq!(n.removed.len(), 1, "{n:?}");
+        assert!(n.removed[0].reason.starts_with("imagelist: "), "{n:?}");
+    }
+    let list = c.imagelist().await.unwrap().status.unwrap();
+    assert_eq!((list.success, list.failed, list.skipped), (2, 0, 1));
+    assert!(list.timestamp.is_some());
+
+    // "*" prunes every unused image but the excluded one.
+    apply(
+        &c,
+        &SEED_IMAGELIST.replace("- docker.io/library/alpine:3.7.3", "- \"*\""),
+    );
+    let job = finished_run(&c, Trigger::Manual, 2, &controller).await;
+    let logs = worker_logs(&nodes);
+    for n in &nodes {
+        assert!(
+            !n.has("stale"),
+            "the stale image survived a prune on {}\n{logs}",
+            n.name
+        );
+        assert!(
+            n.has("excluded"),
+            "the excluded image was removed from {}\n{logs}",
+            n.name
+        );
+        assert!(n.has("in-use"), "the in-use image was removed from {}\n{logs}", n.name);
+        assert!(
+            n.test.image_ids().contains(&n.test.sandbox_id()),
+            "the pause image went"
+        );
+    }
+    let status = job.status.unwrap();
+    let node_a = status.nodes.iter().find(|n| n.name == "node-a").unwrap();
+    let removed: Vec<&str> = node_a.removed.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(removed, ["prune"], "{node_a:?}");
+}
+
+#[tokio::test]
+async fn an_automatic_run_scans_with_real_trivy_and_removes_what_the_default_policy_flags() {
+    let images = |_: &str| {
+        vec![
+            ("vulnerable", vulnerable("docker.io/library/alpine:3.12", "vulnerable")),
+            ("clean", clean("docker.io/library/alpine:3.99", "clean")),
+            ("eol", end_of_life("docker.io/library/alpine:3.5", "eol")),
+        ]
+    };
+    let Some((c, nodes)) = cluster(&[], &["node-a", "node-b"], images).await else {
+        return;
+    };
+    let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+    let job = finished_run(&c, Trigger::Automatic, 1, &controller).await;
+    let logs = worker_logs(&nodes);
+    for n in &nodes {
+        assert!(!n.has("vulnerable"), "{} kept the vulnerable image\n{logs}", n.name);
+        assert!(!n.has("eol"), "{} kept the end-of-life image\n{logs}", n.name);
+        assert!(n.has("clean"), "{} lost the clean image\n{logs}", n.name);
+    }
+    let status = job.status.unwrap();
+    assert_eq!((status.succeeded, status.skipped), (2, 1));
+    assert_eq!(status.removed, 4);
+    for n in status.nodes.iter().filter(|n| n.name.starts_with("node-")) {
+        let reasons: BTreeMap<&str, &str> = n
+            .removed
+            .iter()
+            .map(|e| (e.image.as_str(), e.reason.as_str()))
+            .collect();
+        assert!(
+            reasons["docker.io/library/alpine:3.12"].starts_with("vulnerable: "),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons["docker.io/library/alpine:3.5"], "eol: alpine 3.5.2");
+        let summary = n.summary.as_ref().unwrap();
+        // The sandbox (pause) image is scanned too: no pod runs on it here.
+        assert_eq!((summary.removed, summary.scanned), (2, 4), "{summary:?}");
+    }
+}
