@@ -298,3 +298,47 @@ async fn the_seed_commands_work_verbatim() {
     assert!(controller.is_running(), "{}", controller.log_text());
     controller.stop();
 }
+
+#[tokio::test]
+async fn the_worker_service_account_may_do_nothing_and_the_controller_only_what_it_needs() {
+    let Some(c) = Cluster::start().await else { return };
+    if !require_kubectl() {
+        return;
+    }
+    let can_i = |user: User, verb: &str, resource: &str| {
+        let mut cmd = c.plane.kubectl(user);
+        cmd.args(["auth", "can-i", verb, "-n", "kube-system"]);
+        match resource.split_once('/') {
+            Some((resource, sub)) => cmd.args([resource, &format!("--subresource={sub}")]),
+            None => cmd.arg(resource),
+        };
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, resource) in [
+        ("list", "pods"),
+        ("get", "configmaps"),
+        ("list", "nodes"),
+        ("create", "events.events.k8s.io"),
+        ("list", "imagelists.eraser.sh"),
+    ] {
+        assert!(!can_i(User::Worker, verb, resource), "the worker may {verb} {resource}");
+    }
+    for (verb, resource, allowed) in [
+        ("create", "pods", true),
+        ("watch", "configmaps", true),
+        ("list", "nodes", true),
+        ("create", "events.events.k8s.io", true),
+        ("patch", "imagejobs.eraser.sh/status", true),
+        ("get", "secrets", false),
+        ("delete", "nodes", false),
+        ("update", "imagelists.eraser.sh", false),
+        ("patch", "configmaps", false),
+    ] {
+        assert_eq!(
+            can_i(User::Controller, verb, resource),
+            allowed,
+            "controller: {verb} {resource}"
+        );
+    }
+}
