@@ -137,7 +137,8 @@ async fn run(nodes: usize) -> Option<Row> {
     for i in 0..nodes {
         c.apply(&node(&format!("aks-nodepool1-12345678-vmss{i:06}"), &[])).await;
     }
-    let mut controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "bench", &[]);
+    // The controller as the chart runs it: its default debounce (500 ms).
+    let mut controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "bench", &["--debounce=500ms"]);
     // The controller is up and idle (no config yet) before the clock starts.
     c.eventually("the controller to lead", || async {
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.admin.clone(), NS)

@@ -3,10 +3,12 @@
 use std::fmt::Debug;
 use std::future::Future;
 
-use kube::api::{DeleteParams, ListParams, ObjectList};
-use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
+use kube::api::{DeleteParams, ListParams, ObjectList, Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
+use super::FIELD_MANAGER;
 use super::error::api_code;
 
 /// Objects per list request. A Node carries its node's whole image list, so
@@ -44,4 +46,23 @@ where
         Err(e) if api_code(&e) == Some(404) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Server-side applies `patch` (forced, as the controller's field manager)
+/// to an object's status. The object the API server sends back is read
+/// but not decoded: an ImageJob over many nodes is a big one.
+pub async fn apply_status<K, P>(client: &Client, name: &str, patch: &P) -> kube::Result<()>
+where
+    K: Resource<DynamicType = ()>,
+    P: Serialize + Debug,
+{
+    let request = kube::core::Request::new(K::url_path(&(), None))
+        .patch_subresource(
+            "status",
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    client.request::<IgnoredAny>(request).await.map(|_| ())
 }

@@ -4,6 +4,7 @@
 //! (nothing else would delete them where no garbage collector runs).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -22,7 +23,7 @@ impl Reconciler {
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         let jobs_api: Api<ImageJob> = Api::all(self.client.clone());
         let jobs = self.jobs();
-        let mut finished: Vec<&ImageJob> = jobs
+        let mut finished: Vec<&Arc<ImageJob>> = jobs
             .iter()
             .filter(|j| {
                 j.metadata.deletion_timestamp.is_none()
@@ -47,10 +48,10 @@ impl Reconciler {
                 if !expired {
                     // A merge patch of one field: the record keeps its results.
                     let patch = Patch::Merge(json!({ "status": { "podsDeleted": true } }));
-                    let written = jobs_api
+                    jobs_api
                         .patch_status(&name, &PatchParams::apply(FIELD_MANAGER), &patch)
                         .await?;
-                    self.written(written, job.resource_version());
+                    self.wrote(&name, job.resource_version());
                 }
             } else if !status.pods_deleted
                 && let Some(t) = delete_after
@@ -59,7 +60,6 @@ impl Reconciler {
             }
             if expired {
                 delete_if_present(&jobs_api, &name).await?;
-                self.forget(&name);
             }
         }
         self.delete_orphans(&jobs, &pods_api, &jobs_api).await
@@ -67,8 +67,14 @@ impl Reconciler {
 
     /// Worker pods whose ImageJob is gone, as the API confirms (the job
     /// store may lag behind a job just created).
-    async fn delete_orphans(&mut self, jobs: &[ImageJob], pods_api: &Api<Pod>, jobs_api: &Api<ImageJob>) -> Result<()> {
-        let known: HashSet<String> = jobs.iter().map(|j| j.name_any()).collect();
+    async fn delete_orphans(
+        &mut self,
+        jobs: &[Arc<ImageJob>],
+        pods_api: &Api<Pod>,
+        jobs_api: &Api<ImageJob>,
+    ) -> Result<()> {
+        let mut known: HashSet<String> = jobs.iter().map(|j| j.name_any()).collect();
+        known.extend(self.pending_jobs());
         let mut orphans: Vec<(String, String)> = self
             .inputs
             .pods

@@ -4,30 +4,72 @@
 //! lists. Every change wakes the reconcile loop; nothing is polled.
 //!
 //! Stores hold only what a reconcile reads: managed fields go, a finished
-//! ImageJob keeps its counts but not its per-node lists, and a worker pod
-//! keeps its node, phase, worker state and conditions.
+//! ImageJob keeps its counts but not its per-node lists, and a worker pod is
+//! decoded into [`WorkerPod`]: its node, phase, container states and
+//! conditions, nothing else.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerState, Pod};
+use kube::api::ApiResource;
+use kube::core::Object;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::crd::{ImageJob, ImageList, JobPhase};
 use super::{EXCLUSION_LABEL, LABEL_MANAGED_BY, MANAGED_BY, Options};
 
+/// What the controller reads of a worker pod; the rest of a Pod is never
+/// decoded.
+pub type WorkerPod = Object<WorkerPodSpec, WorkerPodStatus>;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPodSpec {
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub container_statuses: Vec<WorkerContainerStatus>,
+    #[serde(default)]
+    pub conditions: Vec<WorkerPodCondition>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct WorkerContainerStatus {
+    pub name: String,
+    #[serde(default)]
+    pub state: Option<ContainerState>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct WorkerPodCondition {
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 pub struct Inputs {
     pub lists: Store<ImageList>,
     pub jobs: Store<ImageJob>,
-    pub pods: Store<Pod>,
+    pub pods: Store<WorkerPod>,
     pub config: Store<ConfigMap>,
     pub system: Store<ConfigMap>,
     pub user: Store<ConfigMap>,
@@ -51,6 +93,7 @@ impl Inputs {
         let lists = watch.start(
             "ImageLists",
             Api::all(client.clone()),
+            (),
             config(Default::default()),
             |l: &mut ImageList| {
                 l.managed_fields_mut().clear();
@@ -59,14 +102,21 @@ impl Inputs {
         let jobs = watch.start(
             "ImageJobs",
             Api::all(client.clone()),
+            (),
             config(watcher::Config::default().labels(&managed)),
             strip_job,
         );
+        let pod = ApiResource::erase::<Pod>(&());
         let pods = watch.start(
             "worker pods",
-            Api::namespaced(client.clone(), ns),
+            Api::namespaced_with(client.clone(), ns, &pod),
+            pod.clone(),
             config(watcher::Config::default().labels(&managed)),
-            strip_pod,
+            |p: &mut WorkerPod| {
+                p.managed_fields_mut().clear();
+                p.annotations_mut().clear();
+                p.metadata.owner_references = None;
+            },
         );
         let by_name = |name: &str| config(watcher::Config::default().fields(&format!("metadata.name={name}")));
         let strip_config_map = |c: &mut ConfigMap| {
@@ -76,18 +126,21 @@ impl Inputs {
         let config_store = watch.start(
             "the config ConfigMap",
             Api::namespaced(client.clone(), ns),
+            (),
             by_name(&opts.config_map),
             strip_config_map,
         );
         let system = watch.start(
             "the system exclusion ConfigMap",
             Api::namespaced(client.clone(), ns),
+            (),
             by_name(&opts.system_exclusion_config_map),
             strip_config_map,
         );
         let user = watch.start(
             "user exclusion ConfigMaps",
             Api::namespaced(client.clone(), ns),
+            (),
             config(watcher::Config::default().labels(EXCLUSION_LABEL)),
             strip_config_map,
         );
@@ -141,11 +194,20 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    fn start<K>(&mut self, what: &'static str, api: Api<K>, config: watcher::Config, strip: fn(&mut K)) -> Store<K>
+    fn start<K>(
+        &mut self,
+        what: &'static str,
+        api: Api<K>,
+        dyntype: K::DynamicType,
+        config: watcher::Config,
+        strip: fn(&mut K),
+    ) -> Store<K>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
     {
-        let (reader, writer) = reflector::store();
+        let writer = reflector::store::Writer::new(dyntype);
+        let reader = writer.as_reader();
         let stream = reflector::reflector(writer, watcher(api, config).modify(strip).default_backoff());
         let changed = self.changed.clone();
         self.tasks.push(tokio::spawn(async move {
@@ -180,22 +242,6 @@ fn strip_job(job: &mut ImageJob) {
     {
         status.nodes = Vec::new();
         job.spec.images = Vec::new();
-    }
-}
-
-/// Keeps what a run reads of its pod: node, phase, the worker's state and
-/// the conditions (for a Pending pod's reason).
-fn strip_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    pod.annotations_mut().clear();
-    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    pod.spec = Some(PodSpec {
-        node_name,
-        ..Default::default()
-    });
-    if let Some(status) = pod.status.as_mut() {
-        status.init_container_statuses = None;
-        status.pod_ips = None;
     }
 }
 

@@ -94,7 +94,7 @@ impl Reconciler {
             Err(e) if api_code(&e) == Some(409) => return Ok(carry_on),
             Err(e) => return Err(e.into()),
         };
-        self.written(job.clone(), None);
+        self.wrote(&job.name_any(), None);
         self.launch(job, prepared, list, now).await
     }
 

@@ -5,11 +5,12 @@
 //! [`super::status`], [`super::cleanup`]); this one holds what they share.
 //!
 //! Reads come from the watched stores, never from polling. The stores lag
-//! behind the controller's own writes, so the ImageJobs it wrote last are
-//! kept here and preferred over the store's copy until the store catches
-//! up; every status write carries the resourceVersion it was computed
-//! from, so a stale view ends in a 409 and a fresh read, never in an
-//! overwrite.
+//! behind the controller's own writes: an ImageJob it has just written is
+//! left alone until the store shows the write (its watch event is what
+//! wakes the next reconcile), so nothing is computed from a view older than
+//! what it wrote itself. And every status write carries the resourceVersion
+//! it was computed from, so a view made stale by someone else ends in a 409,
+//! never in an overwrite.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -28,17 +29,27 @@ use super::metrics::Metrics;
 use super::{CONFIG_KEY, Options, Tick, state};
 use crate::config::Loaded;
 
-/// How long a written ImageJob is preferred over the store's copy at most.
-const WRITTEN_KEPT: Duration = Duration::from_secs(30);
+/// How long an ImageJob is left alone at most while the store does not
+/// show the controller's write to it (a watch that is failing).
+const PENDING_KEPT: Duration = Duration::from_secs(30);
 
-struct Written {
-    job: ImageJob,
-    /// The resourceVersion the write was made against: while the store
-    /// still shows it, the store has not seen the write.
+/// A write to an ImageJob that the store does not show yet.
+struct Pending {
+    /// The resourceVersion the write was made over (none for a create):
+    /// while the store still shows it, it has not seen the write.
     base: Option<String>,
     at: Instant,
     /// The store has had this ImageJob (at some version).
     seen: bool,
+}
+
+/// What is known of the run in flight.
+pub(super) enum Active {
+    Job(Arc<ImageJob>),
+    /// The store has not caught up with a write to it yet; the watch event
+    /// on its way wakes the next reconcile.
+    Waiting(String),
+    None,
 }
 
 pub struct Reconciler {
@@ -50,8 +61,8 @@ pub struct Reconciler {
     /// Worker templates of runs in flight, by ImageJob name.
     pub(super) plans: HashMap<String, Plan>,
     pub(super) events: Recorder,
-    /// ImageJobs as this term last wrote them, by name.
-    written: BTreeMap<String, Written>,
+    /// Writes to ImageJobs the store does not show yet, by name.
+    pending: BTreeMap<String, Pending>,
     /// The earliest time something falls due, gathered during a reconcile.
     wake: Option<Timestamp>,
 }
@@ -69,7 +80,7 @@ impl Reconciler {
             state,
             plans: HashMap::new(),
             events,
-            written: BTreeMap::new(),
+            pending: BTreeMap::new(),
             wake: None,
         }
     }
@@ -82,9 +93,10 @@ impl Reconciler {
         let config = self.config(now).await;
         let tick = match (self.active_job(), &config) {
             // A run in flight goes on with the rules it started with.
-            (Some(job), _) => self.progress(&job, config.as_ref().ok(), now).await?,
-            (None, Ok(loaded)) => self.maybe_start(loaded, now).await?,
-            (None, Err(message)) => Tick::InvalidConfig(message.clone()),
+            (Active::Job(job), _) => self.progress(&job, config.as_ref().ok(), now).await?,
+            (Active::Waiting(name), _) => Tick::Running(name),
+            (Active::None, Ok(loaded)) => self.maybe_start(loaded, now).await?,
+            (Active::None, Err(message)) => Tick::InvalidConfig(message.clone()),
         };
         self.clean_up(now).await?;
         if !matches!(tick, Tick::Idle | Tick::InvalidConfig(_)) {
@@ -154,29 +166,20 @@ impl Reconciler {
         }
     }
 
-    /// scour's ImageJobs: the store's, with this term's own writes preferred.
-    pub(super) fn jobs(&self) -> Vec<ImageJob> {
-        let stored = self.inputs.jobs.state();
-        let mut jobs: Vec<ImageJob> = stored
-            .iter()
-            .map(|j| match self.written.get(&j.name_any()) {
-                Some(w) => w.job.clone(),
-                None => (**j).clone(),
-            })
-            .collect();
-        jobs.extend(
-            self.written
-                .values()
-                .map(|w| &w.job)
-                .filter(|w| stored.iter().all(|j| j.name_any() != w.name_any()))
-                .cloned(),
-        );
-        jobs
+    /// scour's ImageJobs as the store has them, but for those it has not
+    /// caught up with (see [`Reconciler::wrote`]).
+    pub(super) fn jobs(&self) -> Vec<Arc<ImageJob>> {
+        self.inputs
+            .jobs
+            .state()
+            .into_iter()
+            .filter(|j| !self.pending.contains_key(&j.name_any()))
+            .collect()
     }
 
     /// The run in flight: the oldest ImageJob not yet finished.
-    fn active_job(&self) -> Option<ImageJob> {
-        let mut jobs: Vec<ImageJob> = self
+    fn active_job(&self) -> Active {
+        let mut jobs: Vec<Arc<ImageJob>> = self
             .jobs()
             .into_iter()
             .filter(|j| j.metadata.deletion_timestamp.is_none())
@@ -188,18 +191,21 @@ impl Reconciler {
             })
             .collect();
         jobs.sort_by_key(|j| (j.metadata.creation_timestamp.clone(), j.name_any()));
-        jobs.into_iter().next()
+        match (jobs.into_iter().next(), self.pending.keys().next()) {
+            (Some(job), _) => Active::Job(job),
+            (None, Some(name)) => Active::Waiting(name.clone()),
+            (None, None) => Active::None,
+        }
     }
 
-    /// Remembers an ImageJob as written over `base` (the resourceVersion
-    /// it was written against; none for a create or a fresh read), for
-    /// reconciles before the store sees it.
-    pub(super) fn written(&mut self, job: ImageJob, base: Option<String>) {
-        let seen = self.inputs.jobs.state().iter().any(|j| j.name_any() == job.name_any());
-        self.written.insert(
-            job.name_any(),
-            Written {
-                job,
+    /// The ImageJob `name` was written over `base` (the resourceVersion the
+    /// write was made against; none for a create): it is left alone until
+    /// the store shows a later version.
+    pub(super) fn wrote(&mut self, name: &str, base: Option<String>) {
+        let seen = self.inputs.jobs.state().iter().any(|j| j.name_any() == name);
+        self.pending.insert(
+            name.to_owned(),
+            Pending {
                 base,
                 at: Instant::now(),
                 seen,
@@ -207,23 +213,22 @@ impl Reconciler {
         );
     }
 
-    /// Forgets a written ImageJob: after a conflict, or once deleted.
-    pub(super) fn forget(&mut self, name: &str) {
-        self.written.remove(name);
+    /// ImageJobs written but not yet shown by the store.
+    pub(super) fn pending_jobs(&self) -> impl Iterator<Item = String> + '_ {
+        self.pending.keys().cloned()
     }
 
-    /// Drops written copies once the store has moved past the version they
-    /// were written over (to our write, or to a later one), those the store
-    /// had and no longer has (deleted), and any older than [`WRITTEN_KEPT`]:
-    /// then the store is the better view.
+    /// Forgets pending writes once the store has moved past the version
+    /// they were made over (to the write, or to a later one), once the
+    /// ImageJob is gone from it (deleted), or after [`PENDING_KEPT`].
     fn forget_caught_up(&mut self) {
         let stored = self.inputs.jobs.state();
-        self.written.retain(|name, w| {
+        self.pending.retain(|name, p| {
             let current = stored.iter().find(|j| j.name_any() == *name);
-            w.seen |= current.is_some();
-            let moved_on = current.is_some_and(|j| j.resource_version() != w.base);
-            let deleted = w.seen && current.is_none();
-            !moved_on && !deleted && w.at.elapsed() < WRITTEN_KEPT
+            p.seen |= current.is_some();
+            let moved_on = current.is_some_and(|j| j.resource_version() != p.base);
+            let deleted = p.seen && current.is_none();
+            !moved_on && !deleted && p.at.elapsed() < PENDING_KEPT
         });
     }
 

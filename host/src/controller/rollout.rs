@@ -3,6 +3,7 @@
 //! nodes' pods within the rollout cap.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -15,6 +16,7 @@ use super::api::delete_if_present;
 use super::clock::add_secs;
 use super::crd::{ImageJob, ImageJobStatus, NodePhase, NodeResult};
 use super::error::{Result, api_code};
+use super::inputs::WorkerPod;
 use super::launch::Prepared;
 use super::pods::{CONTAINER, pod_name};
 use super::reconcile::Reconciler;
@@ -38,12 +40,14 @@ impl Reconciler {
             self.launch(job.clone(), prepared, list.as_ref(), now).await?;
             return Ok(Tick::Started(name));
         };
-        let before = status.clone();
+        // Every change to a node changes its phase.
+        let before: Vec<NodePhase> = status.nodes.iter().map(|n| n.phase).collect();
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let pods = self.pod_views(&name);
+        let pod_list = self.inputs.pods.state();
+        let pods = pod_views(&pod_list, &name);
         let rollout = job.spec.rollout.clone();
         for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Running) {
-            let Some(pod) = pods.get(&n.name) else {
+            let Some(pod) = pods.get(n.name.as_str()) else {
                 // The store may lag behind a pod just created: ask before
                 // concluding it is gone.
                 let expected = n.pod.clone().unwrap_or_else(|| pod_name(&name, &n.name));
@@ -53,7 +57,7 @@ impl Reconciler {
                 fail(n, now, format!("worker pod {expected} disappeared before it finished"));
                 continue;
             };
-            match pod.phase.as_deref() {
+            match pod.phase {
                 Some("Succeeded" | "Failed") => {
                     absorb(n, pod);
                     n.finished = Some(Time(now));
@@ -82,7 +86,7 @@ impl Reconciler {
                         self.wake_at(deadline);
                         continue;
                     }
-                    delete_if_present(&pods_api, &pod.name).await?;
+                    delete_if_present(&pods_api, pod.name).await?;
                     let why = if pending { pod.waiting.as_ref() } else { None };
                     let message = format!(
                         "worker pod {what} {}{}; deleted it",
@@ -97,7 +101,8 @@ impl Reconciler {
         let transient = self.launch_queued(job, &mut status, &pods, loaded, now).await?;
 
         let done = status.nodes.iter().all(|n| n.phase.is_done());
-        if status != before || done {
+        let changed = status.nodes.iter().map(|n| n.phase).ne(before.iter().copied());
+        if changed || done {
             self.write_progress(job, status, now).await?;
         }
         if let Some(e) = transient {
@@ -120,16 +125,16 @@ impl Reconciler {
         &mut self,
         job: &ImageJob,
         status: &mut ImageJobStatus,
-        pods: &HashMap<String, PodView>,
+        pods: &HashMap<&str, PodView<'_>>,
         loaded: Option<&Loaded>,
         now: Timestamp,
     ) -> Result<Option<kube::Error>> {
         let name = job.name_any();
         let rollout = &job.spec.rollout;
         for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Queued) {
-            if let Some(pod) = pods.get(&n.name) {
+            if let Some(pod) = pods.get(n.name.as_str()) {
                 n.phase = NodePhase::Running;
-                n.pod = Some(pod.name.clone());
+                n.pod = Some(pod.name.to_owned());
                 n.started = Some(Time(pod.created.unwrap_or(now)));
                 self.wake_at(add_secs(pod.created.unwrap_or(now), rollout.pending_timeout_seconds));
             }
@@ -187,17 +192,14 @@ impl Reconciler {
         }
         Ok(transient)
     }
+}
 
-    /// The run's pods as the store has them, by node.
-    fn pod_views(&self, job: &str) -> HashMap<String, PodView> {
-        self.inputs
-            .pods
-            .state()
-            .iter()
-            .filter(|p| p.labels().get(LABEL_JOB).map(String::as_str) == Some(job))
-            .filter_map(|p| PodView::of(p))
-            .collect()
-    }
+/// A run's pods as the store has them, by node.
+fn pod_views<'a>(pods: &'a [Arc<WorkerPod>], job: &str) -> HashMap<&'a str, PodView<'a>> {
+    pods.iter()
+        .filter(|p| p.labels().get(LABEL_JOB).map(String::as_str) == Some(job))
+        .filter_map(|p| PodView::of(p))
+        .collect()
 }
 
 fn fail(n: &mut NodeResult, now: Timestamp, message: String) {
@@ -207,34 +209,29 @@ fn fail(n: &mut NodeResult, now: Timestamp, message: String) {
 }
 
 /// What a run needs of a worker pod.
-pub struct PodView {
-    name: String,
-    phase: Option<String>,
+pub struct PodView<'a> {
+    name: &'a str,
+    phase: Option<&'a str>,
     created: Option<Timestamp>,
     /// Being deleted: by a timeout, or by someone else.
     deleting: bool,
     /// Exit code, reason and termination message of the worker container.
-    terminated: Option<(i32, Option<String>, Option<String>)>,
+    terminated: Option<(i32, Option<&'a str>, Option<&'a str>)>,
     /// Why the pod is not running yet, for the Pending timeout's message.
     waiting: Option<String>,
 }
 
-impl PodView {
-    fn of(pod: &Pod) -> Option<(String, PodView)> {
-        let node = pod.spec.as_ref()?.node_name.clone()?;
-        let status = pod.status.clone().unwrap_or_default();
+impl<'a> PodView<'a> {
+    fn of(pod: &'a WorkerPod) -> Option<(&'a str, PodView<'a>)> {
+        let node = pod.spec.node_name.as_deref()?;
+        let status = pod.status.as_ref();
         let state = status
-            .container_statuses
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.name == CONTAINER)
-            .and_then(|c| c.state);
+            .and_then(|s| s.container_statuses.iter().find(|c| c.name == CONTAINER))
+            .and_then(|c| c.state.as_ref());
         let terminated = state
-            .as_ref()
             .and_then(|s| s.terminated.as_ref())
-            .map(|t| (t.exit_code, t.reason.clone(), t.message.clone()));
+            .map(|t| (t.exit_code, t.reason.as_deref(), t.message.as_deref()));
         let waiting = state
-            .as_ref()
             .and_then(|s| s.waiting.as_ref())
             .map(|w| match &w.message {
                 Some(m) => format!("{}: {m}", w.reason.as_deref().unwrap_or("waiting")),
@@ -242,15 +239,18 @@ impl PodView {
             })
             .or_else(|| {
                 status
-                    .conditions
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|c| c.status == "False" && c.reason.is_some())
-                    .map(|c| format!("{}: {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+                    .and_then(|s| s.conditions.iter().find(|c| c.status == "False" && c.reason.is_some()))
+                    .map(|c| {
+                        format!(
+                            "{}: {}",
+                            c.reason.as_deref().unwrap_or_default(),
+                            c.message.as_deref().unwrap_or_default()
+                        )
+                    })
             });
         let view = PodView {
-            name: pod.name_any(),
-            phase: status.phase,
+            name: pod.metadata.name.as_deref()?,
+            phase: status.and_then(|s| s.phase.as_deref()),
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             terminated,
@@ -261,13 +261,13 @@ impl PodView {
 }
 
 /// A finished pod's outcome, from its exit and its termination summary.
-fn absorb(n: &mut NodeResult, pod: &PodView) {
-    let pod_succeeded = pod.phase.as_deref() == Some("Succeeded");
+fn absorb(n: &mut NodeResult, pod: &PodView<'_>) {
+    let pod_succeeded = pod.phase == Some("Succeeded");
     let exit = pod.terminated.as_ref().map(|t| t.0);
     let summary = pod
         .terminated
         .as_ref()
-        .and_then(|t| t.2.as_deref())
+        .and_then(|t| t.2)
         .filter(|m| !m.trim().is_empty())
         .map(TerminationSummary::parse);
     let mut problem = None;
@@ -294,16 +294,12 @@ fn absorb(n: &mut NodeResult, pod: &PodView) {
     let ok = pod_succeeded && exit == Some(0) && !pass_failed;
     n.phase = if ok { NodePhase::Succeeded } else { NodePhase::Failed };
     if !ok {
-        let reason = pod
-            .terminated
-            .as_ref()
-            .and_then(|t| t.1.clone())
-            .unwrap_or_else(|| "no exit status".into());
+        let reason = pod.terminated.as_ref().and_then(|t| t.1).unwrap_or("no exit status");
         n.message = Some(match (exit, problem) {
             (Some(code), Some(p)) => format!("exit {code} ({reason}): {p}"),
             (Some(code), None) => format!("exit {code} ({reason})"),
             (None, Some(p)) => format!("{reason}: {p}"),
-            (None, None) => reason,
+            (None, None) => reason.to_owned(),
         });
     } else if let Some(p) = problem {
         n.message = Some(p);

@@ -9,10 +9,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
 
+use super::IMAGELIST_NAME;
+use super::api::apply_status;
 use super::clock::add_secs;
 use super::crd::{ImageJob, ImageJobStatus, ImageList, ImageListStatus, JobPhase, NodePhase, Trigger};
 use super::error::{Result, api_code};
@@ -20,7 +21,6 @@ use super::events::Event;
 use super::launch::ANNOTATION_IMAGELIST;
 use super::metrics::RunOutcome;
 use super::reconcile::Reconciler;
-use super::{FIELD_MANAGER, IMAGELIST_NAME};
 
 /// etcd refuses objects over 1.5 MiB; per-node image lists are trimmed to
 /// keep the ImageJob status under this (counts stay exact).
@@ -33,15 +33,15 @@ pub const CONDITION_FAILED: &str = "Failed";
 impl Reconciler {
     /// Writes a run's status as computed from `job`: counts and conditions
     /// are derived here, and a run whose nodes are all done is finished
-    /// (ratio, phase, cleanup time) and reported. Returns the written
-    /// ImageJob, or None when `job` was stale: the next reconcile starts
-    /// from a fresh read.
+    /// (ratio, phase, cleanup time) and reported. When `job` was stale (a
+    /// 409), nothing is written: the next reconcile starts from the newer
+    /// version the store is about to show.
     pub(super) async fn write_progress(
         &mut self,
         job: &ImageJob,
         mut status: ImageJobStatus,
         now: Timestamp,
-    ) -> Result<Option<ImageJob>> {
+    ) -> Result<()> {
         tally(&mut status);
         let finishing = status.phase == Some(JobPhase::Running) && status.nodes.iter().all(|n| n.phase.is_done());
         if finishing {
@@ -52,36 +52,38 @@ impl Reconciler {
         job_conditions(&mut status, generation, now);
         fit_budget(&mut status);
         let name = job.name_any();
-        let api: Api<ImageJob> = Api::all(self.client.clone());
-        let patch = json!({
-            "apiVersion": ImageJob::api_version(&()),
-            "kind": ImageJob::kind(&()),
-            "metadata": { "name": name, "resourceVersion": job.resource_version() },
-            "status": status,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let written = match api.patch_status(&name, &params, &Patch::Apply(&patch)).await {
-            Ok(written) => written,
+        // Serialized straight from the status: a run over many nodes makes
+        // a big one, and no copy of it is needed.
+        let patch = StatusApply {
+            api_version: ImageJob::api_version(&()),
+            kind: ImageJob::kind(&()),
+            metadata: ApplyMeta {
+                name: &name,
+                resource_version: job.metadata.resource_version.as_deref(),
+                uid: None,
+            },
+            status: &status,
+        };
+        match apply_status::<ImageJob, _>(&self.client, &name, &patch).await {
+            Ok(()) => {}
             Err(e) if api_code(&e) == Some(404) => {
                 tracing::info!(job = %name, "the ImageJob was deleted; its run ends");
-                self.forget(&name);
-                return Ok(None);
+                return Ok(());
             }
             Err(e) if api_code(&e) == Some(409) => {
-                tracing::debug!(job = %name, "the ImageJob changed since it was read; reading it again");
-                self.forget(&name);
-                if let Some(fresh) = api.get_opt(&name).await? {
-                    self.written(fresh, None);
-                }
-                return Ok(None);
+                // Someone else wrote it since; the store will show that
+                // version, and the next reconcile works from it.
+                tracing::debug!(job = %name, "the ImageJob changed since it was read; redoing from the newer version");
+                self.wrote(&name, job.resource_version());
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
-        };
-        self.written(written.clone(), job.resource_version());
-        if finishing {
-            self.report_finished(&written, &status, now).await;
         }
-        Ok(Some(written))
+        self.wrote(&name, job.resource_version());
+        if finishing {
+            self.report_finished(job, &status, now).await;
+        }
+        Ok(())
     }
 
     /// Metrics, an event, and for a manual run the ImageList's status.
@@ -240,18 +242,42 @@ impl Reconciler {
     /// list deleted and re-created since. Failures are logged: the run's
     /// record is the ImageJob.
     async fn apply_list_status(&mut self, list: &ImageList, status: &ImageListStatus) {
-        let api: Api<ImageList> = Api::all(self.client.clone());
-        let patch = json!({
-            "apiVersion": ImageList::api_version(&()),
-            "kind": ImageList::kind(&()),
-            "metadata": { "name": list.name_any(), "uid": list.uid() },
-            "status": status,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        if let Err(e) = api.patch_status(&list.name_any(), &params, &Patch::Apply(&patch)).await {
+        let name = list.name_any();
+        let patch = StatusApply {
+            api_version: ImageList::api_version(&()),
+            kind: ImageList::kind(&()),
+            metadata: ApplyMeta {
+                name: &name,
+                resource_version: None,
+                uid: list.metadata.uid.as_deref(),
+            },
+            status,
+        };
+        if let Err(e) = apply_status::<ImageList, _>(&self.client, &name, &patch).await {
             tracing::warn!(imagelist = %list.name_any(), "writing the ImageList status failed: {e}");
         }
     }
+}
+
+/// A server-side apply of an object's status. A resourceVersion or uid in
+/// it makes the write conditional on the object being that one.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a, S> {
+    api_version: std::borrow::Cow<'static, str>,
+    kind: std::borrow::Cow<'static, str>,
+    metadata: ApplyMeta<'a>,
+    status: &'a S,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyMeta<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
 }
 
 fn count(n: i64) -> u64 {

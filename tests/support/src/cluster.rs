@@ -540,14 +540,20 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    /// Starts `scour controller` (`scour` is the binary) with `args` added.
+    /// Starts `scour controller` (`scour` is the binary) with `args` added;
+    /// changes are debounced for 100 ms unless `args` set `--debounce`.
     pub fn start(scour: &std::path::Path, plane: &ControlPlane, identity: &str, args: &[&str]) -> Self {
         let log = plane.dir().join(format!("controller-{identity}.log"));
         let out = std::fs::File::create(&log).expect("the controller log");
         let err = out.try_clone().expect("the controller log");
         let child = std::process::Command::new(scour)
             .args(["controller", "--listen", "127.0.0.1:0", "--identity", identity])
-            .args(["--debounce", "100ms"])
+            .args(
+                Some(["--debounce", "100ms"])
+                    .filter(|_| !args.iter().any(|a| a.starts_with("--debounce")))
+                    .into_iter()
+                    .flatten(),
+            )
             .args(args)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("KUBECONFIG", plane.kubeconfig(User::Controller))
