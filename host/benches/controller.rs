@@ -139,7 +139,8 @@ async fn run(nodes: usize) -> Option<Row> {
     }
     // The controller as the chart runs it: its default debounce (500 ms).
     let mut controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "bench", &["--debounce=500ms"]);
-    // The controller is up and idle (no config yet) before the clock starts.
+    // The controller is up and idle (no config yet) before the clock starts:
+    // it leads, and its watches have listed what there is.
     c.eventually("the controller to lead", || async {
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.admin.clone(), NS)
             .get_opt("scour-controller")
@@ -148,6 +149,7 @@ async fn run(nodes: usize) -> Option<Row> {
             .flatten()
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let before = c.plane.audit().len();
     let started = Instant::now();
     Api::namespaced(c.admin.clone(), NS)
