@@ -20,14 +20,8 @@ const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 /// What the chart's config says the runtime socket is.
 const RUNTIME_SOCKET: &str = "/run/containerd/containerd.sock";
 
-const SEED_IMAGELIST: &str = "apiVersion: eraser.sh/v1
-kind: ImageList
-metadata:
-  name: imagelist
-spec:
-  images:
-    - docker.io/library/alpine:3.7.3   # use \"*\" for all non-running images
-";
+/// The seed's ImageList, as its heredoc writes it.
+const SEED_IMAGELIST: &str = include_str!("data/controller/imagelist.yaml");
 
 /// A Linux node: its containerd and images, and the agent playing its kubelet.
 struct Node {

@@ -120,12 +120,7 @@ async fn the_controller_killed_mid_run_and_restarted_carries_on_with_the_same_ru
         .await;
     assert_eq!((status.succeeded, status.removed), (3, 3));
     assert_eq!(c.jobs().await.len(), 1, "no second run");
-    let created = c
-        .plane
-        .audit()
-        .into_iter()
-        .filter(|e| e.resource == "pods" && e.verb == "create" && e.code == 201)
-        .count();
+    let created = c.pods_created();
     assert_eq!(created, 3, "no second pod for any node");
     c.eventually("the finished pods to be cleaned up", || async {
         c.pods().await.is_empty().then_some(())

@@ -1187,12 +1187,7 @@ async fn a_status_write_that_lost_a_race_is_refused_and_redone_from_a_fresh_read
         "platform",
         "and did not undo the other write"
     );
-    let created = c
-        .plane
-        .audit()
-        .into_iter()
-        .filter(|e| e.resource == "pods" && e.verb == "create" && e.code == 201)
-        .count();
+    let created = c.pods_created();
     assert_eq!(created, 60, "one pod per node, none twice");
 }
 

@@ -16,14 +16,7 @@ use scour_testkit::helm::Helm;
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
 /// The seed's ImageList, as its heredoc writes it.
-const SEED_IMAGELIST: &str = "apiVersion: eraser.sh/v1
-kind: ImageList
-metadata:
-  name: imagelist
-spec:
-  images:
-    - docker.io/library/alpine:3.7.3   # use \"*\" for all non-running images
-";
+const SEED_IMAGELIST: &str = include_str!("data/controller/imagelist.yaml");
 
 /// Runs `cmd`, feeding it `stdin`; fails the test unless it succeeds.
 fn run(mut cmd: Command, stdin: Option<&str>) -> Output {

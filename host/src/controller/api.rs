@@ -48,21 +48,69 @@ where
     }
 }
 
-/// Server-side applies `patch` (forced, as the controller's field manager)
-/// to an object's status. The object the API server sends back is read
-/// but not decoded: an ImageJob over many nodes is a big one.
-pub async fn apply_status<K, P>(client: &Client, name: &str, patch: &P) -> kube::Result<()>
+/// What a status write requires of the object it writes.
+pub enum Precondition<'a> {
+    /// Unchanged since this resourceVersion was read: a 409 otherwise.
+    Version(Option<&'a str>),
+    /// The object with this uid, not one deleted and re-created since.
+    Uid(Option<&'a str>),
+}
+
+/// Server-side applies `status` (forced, as the controller's field
+/// manager) to the cluster-scoped object `name`, under `precondition`. It
+/// is serialized straight from `status`, and the object the API server
+/// sends back is read but not decoded: an ImageJob over many nodes is a big
+/// one, and no copy of it is needed.
+pub async fn apply_status<K, S>(
+    client: &Client,
+    name: &str,
+    precondition: Precondition<'_>,
+    status: &S,
+) -> kube::Result<()>
 where
     K: Resource<DynamicType = ()>,
-    P: Serialize + Debug,
+    S: Serialize + Debug,
 {
+    let (resource_version, uid) = match precondition {
+        Precondition::Version(v) => (v, None),
+        Precondition::Uid(u) => (None, u),
+    };
+    let patch = StatusApply {
+        api_version: K::api_version(&()),
+        kind: K::kind(&()),
+        metadata: ApplyMeta {
+            name,
+            resource_version,
+            uid,
+        },
+        status,
+    };
     let request = kube::core::Request::new(K::url_path(&(), None))
         .patch_subresource(
             "status",
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
+            &Patch::Apply(&patch),
         )
         .map_err(kube::Error::BuildRequest)?;
     client.request::<IgnoredAny>(request).await.map(|_| ())
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a, S> {
+    api_version: std::borrow::Cow<'static, str>,
+    kind: std::borrow::Cow<'static, str>,
+    metadata: ApplyMeta<'a>,
+    status: &'a S,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyMeta<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
 }

@@ -10,10 +10,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
 
 use super::IMAGELIST_NAME;
-use super::api::apply_status;
+use super::api::{Precondition, apply_status};
 use super::clock::add_secs;
 use super::crd::{ImageJob, ImageJobStatus, ImageList, ImageListStatus, JobPhase, NodePhase, Trigger};
 use super::error::{Result, api_code};
@@ -52,19 +51,8 @@ impl Reconciler {
         job_conditions(&mut status, generation, now);
         fit_budget(&mut status);
         let name = job.name_any();
-        // Serialized straight from the status: a run over many nodes makes
-        // a big one, and no copy of it is needed.
-        let patch = StatusApply {
-            api_version: ImageJob::api_version(&()),
-            kind: ImageJob::kind(&()),
-            metadata: ApplyMeta {
-                name: &name,
-                resource_version: job.metadata.resource_version.as_deref(),
-                uid: None,
-            },
-            status: &status,
-        };
-        match apply_status::<ImageJob, _>(&self.client, &name, &patch).await {
+        let precondition = Precondition::Version(job.metadata.resource_version.as_deref());
+        match apply_status::<ImageJob, _>(&self.client, &name, precondition, &status).await {
             Ok(()) => {}
             Err(e) if api_code(&e) == Some(404) => {
                 tracing::info!(job = %name, "the ImageJob was deleted; its run ends");
@@ -243,41 +231,11 @@ impl Reconciler {
     /// record is the ImageJob.
     async fn apply_list_status(&mut self, list: &ImageList, status: &ImageListStatus) {
         let name = list.name_any();
-        let patch = StatusApply {
-            api_version: ImageList::api_version(&()),
-            kind: ImageList::kind(&()),
-            metadata: ApplyMeta {
-                name: &name,
-                resource_version: None,
-                uid: list.metadata.uid.as_deref(),
-            },
-            status,
-        };
-        if let Err(e) = apply_status::<ImageList, _>(&self.client, &name, &patch).await {
+        let precondition = Precondition::Uid(list.metadata.uid.as_deref());
+        if let Err(e) = apply_status::<ImageList, _>(&self.client, &name, precondition, status).await {
             tracing::warn!(imagelist = %list.name_any(), "writing the ImageList status failed: {e}");
         }
     }
-}
-
-/// A server-side apply of an object's status. A resourceVersion or uid in
-/// it makes the write conditional on the object being that one.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusApply<'a, S> {
-    api_version: std::borrow::Cow<'static, str>,
-    kind: std::borrow::Cow<'static, str>,
-    metadata: ApplyMeta<'a>,
-    status: &'a S,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ApplyMeta<'a> {
-    name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resource_version: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<&'a str>,
 }
 
 fn count(n: i64) -> u64 {

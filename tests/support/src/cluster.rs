@@ -376,6 +376,15 @@ impl Cluster {
         events
     }
 
+    /// Pods created so far, as the API server's audit log counts them.
+    pub fn pods_created(&self) -> usize {
+        self.plane
+            .audit()
+            .into_iter()
+            .filter(|e| e.resource == "pods" && e.verb == "create" && e.code == 201)
+            .count()
+    }
+
     pub async fn config_map(&self, name: &str) -> Option<ConfigMap> {
         Api::<ConfigMap>::namespaced(self.admin.clone(), NS)
             .get_opt(name)
