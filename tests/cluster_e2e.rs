@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use kube::ResourceExt;
 use scour::controller::crd::{ImageJob, JobPhase, NodePhase, Trigger};
 use scour_testkit::cluster::{Cluster, ControllerProcess, node};
 use scour_testkit::control_plane::{User, require_kubectl};
@@ -86,7 +87,7 @@ async fn cluster(
                 ),
             ],
         };
-        let agent = NodeAgent::start(c.admin.clone(), setup);
+        let agent = NodeAgent::start(c.admin.clone(), setup).await;
         nodes.push(Node {
             name: (*name).to_owned(),
             test,
@@ -152,7 +153,7 @@ fn worker_logs(nodes: &[Node]) -> String {
                 n.name,
                 ran.pod,
                 ran.exit,
-                std::fs::read_to_string(&ran.stderr).unwrap_or_default()
+                std::fs::read_to_string(&ran.log).unwrap_or_default()
             ));
         }
     }
@@ -161,8 +162,8 @@ fn worker_logs(nodes: &[Node]) -> String {
 
 #[tokio::test]
 async fn the_seed_imagelist_removes_its_images_from_every_node_and_a_prune_spares_excluded_and_in_use_images() {
-    let images = |_: &str| {
-        vec![
+    let images = |node: &str| {
+        let mut images = vec![
             ("victim", vulnerable("docker.io/library/alpine:3.7.3", "victim")),
             ("excluded", clean("docker.io/library/nginx:1.25", "excluded")),
             (
@@ -170,9 +171,16 @@ async fn the_seed_imagelist_removes_its_images_from_every_node_and_a_prune_spare
                 runnable_vulnerable("myregistry.example.com/shop/api:2.4.1", "in-use"),
             ),
             ("stale", end_of_life("ghcr.io/example/legacy-tool:0.9", "stale")),
-        ]
+        ];
+        if node == "node-c" {
+            images.extend((0..STALE_ON_C).map(|i| {
+                let tag = format!("registry.example.com/build/cache-{i}:pr-{i}");
+                ("stale-extra", clean(&tag, &format!("extra-{i}")))
+            }));
+        }
+        images
     };
-    let Some((c, nodes)) = cluster(&["--set", "enabled=false"], &["node-a", "node-b"], images).await else {
+    let Some((c, nodes)) = cluster(&["--set", "enabled=false"], &["node-a", "node-b", "node-c"], images).await else {
         return;
     };
     // A running container keeps its image in use on every node.
@@ -234,22 +242,34 @@ async fn the_seed_imagelist_removes_its_images_from_every_node_and_a_prune_spare
             );
         }
     }
-    let status = job.status.unwrap();
+    let status = job.status.clone().unwrap();
     assert_eq!(
         (status.succeeded, status.failed, status.skipped, status.desired),
-        (2, 0, 1, 3)
+        (3, 0, 1, 4)
     );
     let windows = status.nodes.iter().find(|n| n.name == "win-1").unwrap();
     assert_eq!(
         (windows.phase, windows.message.as_deref()),
         (NodePhase::Skipped, Some("Windows node"))
     );
-    for n in status.nodes.iter().filter(|n| n.name.starts_with("node-")) {
-        assert_eq!(n.removed.len(), 1, "{n:?}");
-        assert!(n.removed[0].reason.starts_with("imagelist: "), "{n:?}");
+    // Every node's results, in full, read from its worker's log.
+    let reports = c.reports(&job.name_any()).await;
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for (node, parts) in &reports {
+        let r = &parts[0].spec;
+        assert!(r.complete, "{node}: {:?}", r.incomplete);
+        assert_eq!(r.removed.len(), 1, "{node}: {r:?}");
+        assert_eq!(r.removed[0].image, "docker.io/library/alpine:3.7.3");
+        assert!(r.removed[0].reason.starts_with("imagelist: "), "{r:?}");
+        assert!(r.removed[0].size_bytes > 0);
     }
-    let list = c.imagelist().await.unwrap().status.unwrap();
-    assert_eq!((list.success, list.failed, list.skipped), (2, 0, 1));
+    let list = c
+        .eventually("the ImageList status", || async {
+            let status = c.imagelist().await?.status?;
+            (status.phase == Some(JobPhase::Completed)).then_some(status)
+        })
+        .await;
+    assert_eq!((list.success, list.failed, list.skipped), (3, 0, 1));
     assert!(list.timestamp.is_some());
 
     // "*" prunes every unused image but the excluded one.
@@ -276,11 +296,68 @@ async fn the_seed_imagelist_removes_its_images_from_every_node_and_a_prune_spare
             "the pause image went"
         );
     }
-    let status = job.status.unwrap();
-    let node_a = status.nodes.iter().find(|n| n.name == "node-a").unwrap();
-    let removed: Vec<&str> = node_a.removed.iter().map(|e| e.reason.as_str()).collect();
-    assert_eq!(removed, ["prune"], "{node_a:?}");
+    let reports = c.reports(&job.name_any()).await;
+    let node_a: Vec<&str> = reports["node-a"][0]
+        .spec
+        .removed
+        .iter()
+        .map(|e| e.reason.as_str())
+        .collect();
+    assert_eq!(node_a, ["prune"]);
+
+    // Node C removed more than a hundred images: every one is kept, with its
+    // reason, and readable with kubectl once the worker pods are gone.
+    c.eventually("the worker pods to be deleted", || async {
+        c.pods().await.is_empty().then_some(())
+    })
+    .await;
+    let out = c
+        .plane
+        .kubectl(User::Admin)
+        .args([
+            "get",
+            "nodereports",
+            "-l",
+            &format!("scour.dev/job={}", job.name_any()),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let node_c: Vec<&serde_json::Value> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["spec"]["node"] == "node-c")
+        .flat_map(|r| r["spec"]["removed"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        node_c.len(),
+        STALE_ON_C + 1,
+        "every image removed on node-c: {:?}",
+        reports["node-c"][0].spec.summary
+    );
+    for e in &node_c {
+        assert_eq!(e["reason"], "prune", "{e}");
+        assert!(e["sizeBytes"].as_u64().unwrap() > 0, "{e}");
+    }
+    let out = c
+        .plane
+        .kubectl(User::Admin)
+        .args(["get", "nodereports"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("node-c") && table.contains(&(STALE_ON_C + 1).to_string()),
+        "{table}"
+    );
 }
+
+/// How many more stale images node-c holds.
+const STALE_ON_C: usize = 120;
 
 #[tokio::test]
 async fn an_automatic_run_scans_with_real_trivy_and_removes_what_the_default_policy_flags() {
@@ -302,11 +379,14 @@ async fn an_automatic_run_scans_with_real_trivy_and_removes_what_the_default_pol
         assert!(!n.has("eol"), "{} kept the end-of-life image\n{logs}", n.name);
         assert!(n.has("clean"), "{} lost the clean image\n{logs}", n.name);
     }
-    let status = job.status.unwrap();
+    let status = job.status.clone().unwrap();
     assert_eq!((status.succeeded, status.skipped), (2, 1));
     assert_eq!(status.removed, 4);
+    let reports = c.reports(&job.name_any()).await;
     for n in status.nodes.iter().filter(|n| n.name.starts_with("node-")) {
-        let reasons: BTreeMap<&str, &str> = n
+        let report = &reports[&n.name][0].spec;
+        assert!(report.complete, "{:?}", report.incomplete);
+        let reasons: BTreeMap<&str, &str> = report
             .removed
             .iter()
             .map(|e| (e.image.as_str(), e.reason.as_str()))
@@ -319,5 +399,109 @@ async fn an_automatic_run_scans_with_real_trivy_and_removes_what_the_default_pol
         let summary = n.summary.as_ref().unwrap();
         // The sandbox (pause) image is scanned too: no pod runs on it here.
         assert_eq!((summary.removed, summary.scanned), (2, 4), "{summary:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_dry_run_removes_nothing_anywhere_and_lists_what_it_would_remove() {
+    let images = |_: &str| {
+        vec![
+            ("vulnerable", vulnerable("docker.io/library/alpine:3.12", "vulnerable")),
+            ("clean", clean("docker.io/library/alpine:3.99", "clean")),
+            ("eol", end_of_life("docker.io/library/alpine:3.5", "eol")),
+        ]
+    };
+    let Some((c, nodes)) = cluster(&["--set", "dryRun=true"], &["node-a", "node-b"], images).await else {
+        return;
+    };
+    let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+    let job = finished_run(&c, Trigger::Automatic, 1, &controller).await;
+    assert!(job.spec.dry_run, "the run says it is dry");
+    let logs = worker_logs(&nodes);
+    for n in &nodes {
+        for role in ["vulnerable", "clean", "eol"] {
+            assert!(n.has(role), "a dry run removed {role} from {}\n{logs}", n.name);
+        }
+    }
+    let status = job.status.clone().unwrap();
+    assert_eq!((status.removed, status.would_remove, status.bytes_freed), (0, 4, 0));
+    let reports = c.reports(&job.name_any()).await;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (node, parts) in &reports {
+        let r = &parts[0].spec;
+        assert!(r.dry_run && r.complete, "{node}: {r:?}");
+        assert!(r.removed.is_empty(), "{node}: {r:?}");
+        let would: BTreeMap<&str, &str> = r
+            .would_remove
+            .iter()
+            .map(|e| (e.image.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(would.len(), 2, "{node}: {would:?}");
+        assert!(
+            would["docker.io/library/alpine:3.12"].starts_with("vulnerable: "),
+            "{would:?}"
+        );
+        assert_eq!(would["docker.io/library/alpine:3.5"], "eol: alpine 3.5.2");
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_scans_all_fail_is_degraded_on_every_node_and_keeps_every_image() {
+    let images = |_: &str| {
+        vec![
+            ("vulnerable", vulnerable("docker.io/library/alpine:3.12", "vulnerable")),
+            ("clean", clean("docker.io/library/alpine:3.99", "clean")),
+        ]
+    };
+    let Some((c, nodes)) = cluster(&[], &["node-a", "node-b"], images).await else {
+        return;
+    };
+    // Every node's Trivy DB is corrupt: every scan fails.
+    for n in &nodes {
+        let db = n.test.work.path().join("node/host/var/lib/scour/trivy/db/trivy.db");
+        std::fs::write(db, vec![0x5a; 8192]).unwrap();
+    }
+    let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+    let job = finished_run(&c, Trigger::Automatic, 1, &controller).await;
+    let logs = worker_logs(&nodes);
+    for n in &nodes {
+        assert!(
+            n.has("vulnerable") && n.has("clean"),
+            "an image was removed from {} without a scan\n{logs}",
+            n.name
+        );
+    }
+    let status = job.status.clone().unwrap();
+    assert_eq!((status.degraded, status.removed), (2, 0), "{status:#?}");
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    assert!(
+        degraded.is_some_and(|c| c.status == "True" && c.message.starts_with("2 of 3 nodes degraded")),
+        "{:#?}",
+        status.conditions
+    );
+    for n in status.nodes.iter().filter(|n| n.name.starts_with("node-")) {
+        let message = n.message.as_deref().unwrap_or_default();
+        assert!(message.starts_with("degraded: "), "{}: {message}", n.name);
+    }
+    let warned: Vec<String> = c
+        .eventually("a NodeDegraded event per node", || async {
+            let notes: Vec<String> = c
+                .events()
+                .await
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("NodeDegraded"))
+                .filter_map(|e| e.note)
+                .collect();
+            (notes.len() == 2).then_some(notes)
+        })
+        .await;
+    for node in ["node-a", "node-b"] {
+        assert!(warned.iter().any(|n| n.contains(node)), "{warned:?}");
+    }
+    for (node, parts) in c.reports(&job.name_any()).await {
+        let r = &parts[0].spec;
+        assert_eq!(r.status, scour::report::Status::Degraded, "{node}");
+        assert!(r.summary.scan_failed >= 2, "{node}: {:?}", r.summary);
+        assert!(!r.errors.is_empty(), "{node}: the reason is kept");
     }
 }

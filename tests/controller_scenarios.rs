@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use scour::controller::crd::{ImageJob, ImageList, JobPhase, NodePhase, Trigger};
 use scour::controller::{CONFIG_KEY, Tick};
 use scour::report::{Status, TerminationSummary};
-use scour_testkit::cluster::{Cluster, NS, config_map, create, node, summary};
+use scour_testkit::cluster::{Cluster, NS, config_map, create, node, summary, termination};
 use scour_testkit::control_plane::validating_webhook_args;
 
 const CONFIG: &str = include_str!("data/controller/eraser-manager-config.yaml");
@@ -210,8 +210,15 @@ async fn an_automatic_run_creates_pods_only_on_selected_nodes_within_the_concurr
     assert_eq!(skipped["virtual-node-aci"], "virtual-kubelet node");
     assert!(skipped["filtered"].contains("eraser.sh/cleanup.filter"), "{skipped:?}");
     let first = status.nodes.iter().find(|n| n.name == "node-0000").unwrap();
-    assert_eq!(first.removed[0].reason, "vulnerable: 1 CRITICAL");
     assert_eq!(first.summary.as_ref().unwrap().bytes_freed, 1000);
+    // No kubelet serves these pods' logs: what the termination message
+    // carried is kept, and says so.
+    let reports = c.reports(&name).await;
+    assert_eq!(reports.len(), 16);
+    let report = &reports["node-0000"][0];
+    assert_eq!(first.reports, [report.name_any()]);
+    assert_eq!(report.spec.removed[0].reason, "vulnerable: 1 CRITICAL");
+    assert!(!report.spec.complete, "{:?}", report.spec);
 }
 
 #[tokio::test]
@@ -445,6 +452,57 @@ async fn a_spec_change_during_a_run_is_queued_and_runs_next() {
     let second = next_run(&c, std::slice::from_ref(&first)).await;
     assert_ne!(first, second);
     assert_eq!(c.job(&second).await.spec.images, ["*"]);
+}
+
+#[tokio::test]
+async fn an_imagelist_applied_during_an_automatic_run_is_queued_visibly_and_runs_next() {
+    let Some(c) = cluster(nodes(2), CONFIG).await else {
+        return;
+    };
+    let automatic = first_run(&c).await;
+    pods_running(&c, 2).await;
+    let lists: Api<ImageList> = Api::all(c.admin.clone());
+    create(&lists, &seed_imagelist()).await;
+    let queued = c
+        .eventually("the ImageList to say it is queued", || async {
+            let status = c.imagelist().await?.status?;
+            let running = status.conditions.iter().find(|c| c.type_ == "Running")?;
+            (running.reason == "Queued").then(|| running.clone())
+        })
+        .await;
+    assert_eq!(queued.status, "False");
+    assert!(queued.message.contains(&automatic), "{}", queued.message);
+    c.eventually("a Queued event on the ImageList", || async {
+        c.events()
+            .await
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Queued")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ImageList")
+                    && e.note.as_deref().is_some_and(|n| n.contains(&automatic))
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(c.jobs().await.len(), 1, "the automatic run is not cut short");
+
+    run_to_completion(&c, &automatic, 0).await;
+    let manual = next_run(&c, std::slice::from_ref(&automatic)).await;
+    assert_eq!(c.job(&manual).await.spec.trigger, Trigger::Manual);
+    let status = c
+        .eventually("the ImageList to show its own run", || async {
+            let status = c.imagelist().await?.status?;
+            (status.job.as_deref() == Some(manual.as_str())).then_some(status)
+        })
+        .await;
+    assert_eq!(condition(&status.conditions, "Running"), Some("True"));
+    let queued_events = c
+        .events()
+        .await
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Queued"))
+        .count();
+    assert_eq!(queued_events, 1, "said once, not on every reconcile");
 }
 
 #[tokio::test]
@@ -780,14 +838,22 @@ async fn a_non_leader_does_nothing_until_the_lease_expires() {
     }
     assert_eq!(c.jobs().await.len(), 1);
 
-    // The leader stops renewing; after the lease duration the standby leads
+    // The leader stops renewing; once the standby has seen its last renewal
+    // go unchanged for the lease duration (15 s on its own clock), it leads
     // and carries on with the same run.
     c.crash_controller(0).await;
-    c.advance(20);
+    let start = c.now();
     c.eventually("the standby to lead", || async {
+        c.advance(5);
+        c.settle().await;
         matches!(c.progress(standby).tick, Some(Tick::Running(ref n)) if *n == name).then_some(())
     })
     .await;
+    let waited = c.now().as_second() - start.as_second();
+    assert!(
+        (15..=30).contains(&waited),
+        "the standby took over after {waited} s of its clock; the lease is 15 s"
+    );
     run_to_completion(&c, &name, 1).await;
     assert_eq!(c.jobs().await.len(), 1);
 }
@@ -853,15 +919,30 @@ async fn deleting_the_imagelist_mid_run_lets_the_run_finish_without_writing_stat
 }
 
 #[tokio::test]
-async fn health_readiness_and_eraser_named_metrics_are_served() {
+async fn health_readiness_and_every_metric_are_served_and_match_the_run() {
     use scour::controller::serve::{Health, router};
     use tower::ServiceExt;
-    let Some(c) = cluster(nodes(2), CONFIG).await else {
+    let config = CONFIG.replace("successRatio: 1.0", "successRatio: 0.5");
+    let Some(c) = cluster(nodes(3), &config).await else {
         return;
     };
     let name = first_run(&c).await;
-    run_to_completion(&c, &name, 2).await;
+    let pods = pods_running(&c, 3).await;
+    c.advance(42);
+    // One node clean, one degraded (scans failed), one whose worker failed.
+    let ok = termination("node-0000", 2, 3);
+    let mut degraded = termination("node-0001", 1, 5);
+    degraded.status = Status::Degraded;
+    degraded.errors = vec!["scans failed: trivy: context deadline exceeded (4 images)".into()];
+    c.finish_pod(&pods[0].name_any(), 0, &serde_json::to_string(&ok).unwrap())
+        .await;
+    c.finish_pod(&pods[1].name_any(), 0, &serde_json::to_string(&degraded).unwrap())
+        .await;
+    c.finish_pod(&pods[2].name_any(), 1, "").await;
+    let job = finished(&c, &name).await;
+    let status = job.status.clone().unwrap();
     c.settle().await;
+
     let health = std::sync::Arc::new(Health::default());
     let get = |path: &'static str| {
         let app = router(c.controller(0).metrics.clone(), health.clone());
@@ -881,17 +962,89 @@ async fn health_readiness_and_eraser_named_metrics_are_served() {
     assert_eq!(get("/readyz").await.0, 200);
     let (code, text) = get("/metrics").await;
     assert_eq!(code, 200);
-    for line in [
-        "imagejob_run_total 1",
-        "pods_completed_run_total 2",
-        "pods_failed_run_total 0",
-        "images_removed_run_total{node_name=\"node-0000\"} 2",
-        "vulnerable_images_run_total{node_name=\"node-0001\"} 2",
-        "scour_controller_leader 1",
-        "imagejob_duration_run_seconds_count 1",
-    ] {
+    // Every series, each against what the run's record says.
+    let summary = |node: &str| {
+        status
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| n.summary.clone())
+            .unwrap_or_default()
+    };
+    let seconds = status
+        .completion_time
+        .as_ref()
+        .unwrap()
+        .0
+        .duration_since(status.start_time.as_ref().unwrap().0);
+    let mut expected = vec![
+        "imagejob_run_total 1".to_owned(),
+        format!("pods_completed_run_total {}", status.succeeded),
+        format!("pods_failed_run_total {}", status.failed),
+        format!("imagejob_duration_run_seconds_count 1"),
+        format!("imagejob_duration_run_seconds_sum {}", seconds.as_secs_f64()),
+        "imagejob_duration_run_seconds_bucket{le=\"60\"} 1".to_owned(),
+        "imagejob_duration_run_seconds_bucket{le=\"30\"} 0".to_owned(),
+        "scour_controller_leader 1".to_owned(),
+        "scour_controller_config_valid 1".to_owned(),
+        "scour_controller_watches_failing 0".to_owned(),
+    ];
+    for node in ["node-0000", "node-0001"] {
+        let s = summary(node);
+        expected.push(format!(
+            "images_removed_run_total{{node_name=\"{node}\"}} {}",
+            s.removed
+        ));
+        expected.push(format!(
+            "vulnerable_images_run_total{{node_name=\"{node}\"}} {}",
+            s.vulnerable
+        ));
+    }
+    expected.push("scour_nodes_degraded_run_total{node_name=\"node-0001\"} 1".to_owned());
+    for line in &expected {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
+    // And the numbers behind them, from the run itself.
+    assert_eq!((status.succeeded, status.failed, status.degraded), (2, 1, 1));
+    assert_eq!(
+        (summary("node-0000").vulnerable, summary("node-0001").vulnerable),
+        (3, 5)
+    );
+    assert_eq!(seconds.as_secs(), 42);
+    assert!(
+        !text.contains("node-0002\"}"),
+        "a node without a summary adds no series:\n{text}"
+    );
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(
+        series,
+        expected.len() + 9,
+        "every series is checked above (+9 other histogram buckets):\n{text}"
+    );
+
+    // Degraded shows in the run's status and as an event.
+    let degraded_condition = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded_condition.status, "True");
+    assert!(
+        degraded_condition.message.contains("node-0001: degraded: scans failed"),
+        "{degraded_condition:?}"
+    );
+    let node = status.nodes.iter().find(|n| n.name == "node-0001").unwrap();
+    assert_eq!(node.phase, NodePhase::Succeeded, "a degraded pass still completed");
+    assert!(
+        node.message.as_deref().unwrap().starts_with("degraded: scans failed"),
+        "{node:?}"
+    );
+    c.eventually("a NodeDegraded event", || async {
+        c.events()
+            .await
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("NodeDegraded") && e.note.as_deref().unwrap_or("").contains("node-0001")
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -962,6 +1115,18 @@ async fn a_transient_pod_creation_error_is_retried_and_a_refusal_fails_the_node(
         })
         .await;
     assert!(error.contains("down.scour.test"), "{error}");
+    // Retried with a backoff (0.5 s, doubling): not given up, not a hot loop.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let refused = c
+        .plane
+        .audit()
+        .into_iter()
+        .filter(|e| e.verb == "create" && e.resource == "pods" && e.code >= 400)
+        .count();
+    assert!(
+        (2..=10).contains(&refused),
+        "{refused} pod creations refused in about 4 s"
+    );
     let status = c.job(&name).await.status.unwrap();
     assert!(
         status.nodes.iter().all(|n| n.phase == NodePhase::Queued),
@@ -1217,6 +1382,14 @@ async fn the_controller_needs_every_verb_the_chart_grants() {
         .await;
     assert!(error.contains("forbidden") || error.contains("Forbidden"), "{error}");
     assert_eq!(c.jobs().await.len(), 1);
+    // Refused, it retries with a backoff rather than hammering the API server.
+    let before = c.plane.audit().len();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let creates = c.plane.audit()[before..]
+        .iter()
+        .filter(|e| e.verb == "create" && e.resource == "imagejobs")
+        .count();
+    assert!(creates <= 4, "{creates} refused ImageJob creations in 3 s");
 }
 
 #[tokio::test]

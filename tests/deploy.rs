@@ -260,7 +260,11 @@ fn the_chart_ships_exactly_the_crds_scour_generates() {
     let names: BTreeSet<_> = crds.crds().iter().map(|c| c.metadata.name.clone().unwrap()).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["imagejobs.eraser.sh".to_owned(), "imagelists.eraser.sh".to_owned()])
+        BTreeSet::from([
+            "imagejobs.eraser.sh".to_owned(),
+            "imagelists.eraser.sh".to_owned(),
+            "nodereports.scour.dev".to_owned()
+        ])
     );
     for crd in crds.crds() {
         assert_eq!(crd.spec.scope, "Cluster");
@@ -270,7 +274,11 @@ fn the_chart_ships_exactly_the_crds_scour_generates() {
             .iter()
             .map(|v| (v.name.as_str(), v.storage, v.deprecated.unwrap_or(false)))
             .collect();
-        assert_eq!(versions, vec![("v1", true, false), ("v1alpha1", false, true)]);
+        if crd.spec.group == "eraser.sh" {
+            assert_eq!(versions, vec![("v1", true, false), ("v1alpha1", false, true)]);
+        } else {
+            assert_eq!(versions, vec![("v1", true, false)], "scour's own CRD has one version");
+        }
     }
 }
 
@@ -295,6 +303,7 @@ fn the_default_render_is_known_kubernetes_objects_that_survive_a_round_trip() {
     let expected: BTreeSet<(String, String, Option<String>)> = [
         ("CustomResourceDefinition", "imagejobs.eraser.sh", None),
         ("CustomResourceDefinition", "imagelists.eraser.sh", None),
+        ("CustomResourceDefinition", "nodereports.scour.dev", None),
         ("ClusterRole", CONTROLLER, None),
         ("ClusterRoleBinding", CONTROLLER, None),
         ("Role", CONTROLLER, ns.clone()),
@@ -449,7 +458,7 @@ fn every_plain_manifest_is_a_known_kubernetes_object() {
         assert!(!r.0.is_empty(), "{rel} holds no objects");
     }
     let r = Rendered::parse(&read(MANIFEST), MANIFEST);
-    assert_eq!(r.crds().len(), 2, "{MANIFEST} carries the CRDs");
+    assert_eq!(r.crds().len(), 3, "{MANIFEST} carries the CRDs");
     r.config();
     assert_eq!(
         env_value(r.controller_container(), "SCOUR_WORKER_IMAGE").and_then(|e| e.value.as_deref()),
@@ -805,6 +814,7 @@ fn rbac_is_least_privilege_and_the_worker_has_none() {
             ("eraser.sh", "imagelists/status", &["patch"]),
             ("eraser.sh", "imagejobs", &["create", "get", "list", "watch", "delete"]),
             ("eraser.sh", "imagejobs/status", &["patch"]),
+            ("scour.dev", "nodereports", &["create", "deletecollection"]),
             ("events.k8s.io", "events", &["create", "patch"]),
         ]),
         "the ClusterRole grants exactly the cluster-scoped needs"
@@ -816,6 +826,7 @@ fn rbac_is_least_privilege_and_the_worker_has_none() {
         grants(roles[0].rules.as_deref().unwrap()),
         triples(&[
             ("", "pods", &["create", "get", "list", "watch", "delete"]),
+            ("", "pods/log", &["get"]),
             ("", "configmaps", &["get", "list", "watch", "create", "update"]),
             ("coordination.k8s.io", "leases", &["get", "create", "update"]),
         ]),

@@ -207,6 +207,7 @@ fn summary(node: &str) -> String {
         id: format!("{i:012x}"),
         image: format!("registry.example.com/team/app-{i}:1.2.3"),
         reason: "vulnerable: 2 HIGH, 1 CRITICAL".into(),
+        size_bytes: 1 << 27,
     };
     serde_json::to_string(&TerminationSummary {
         status: Status::Ok,

@@ -2,10 +2,11 @@
 //! `eraser-manager-config`, key `controller_manager_config.yaml`. An Eraser
 //! file loads unchanged.
 //!
-//! Every key is checked against the schema first: an unknown key (a typo,
-//! usually) is an error naming its path; a known key scour does not implement
-//! is a warning naming its path. The scanner's settings, which Eraser keeps as
-//! a YAML string in `components.scanner.config`, are checked the same way.
+//! The serde types below are the schema: a key none of them reads (a typo,
+//! usually) is an error naming its path; a key Eraser knows and scour does
+//! not implement ([`IGNORED`]) is read, and a warning names its path. The
+//! scanner's settings, which Eraser keeps as a YAML string in
+//! `components.scanner.config`, are checked the same way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,185 +15,163 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::units::parse_go_duration;
+use crate::units::{UnitError, parse_go_duration};
 
 pub const API_VERSION: &str = "eraser.sh/v1alpha3";
 pub const KIND: &str = "EraserConfig";
+const SCANNER_CONFIG: &str = "components.scanner.config";
 
+/// Why a config was refused. Every variant about a value names the
+/// field's dotted path.
 #[derive(Debug, thiserror::Error)]
-#[error("config {file}: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    pub message: String,
+pub enum ConfigError {
+    #[error("config {file}: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("config {file}: {source}")]
+    File { file: String, source: Box<ConfigError> },
+    #[error("{}not valid YAML: {message}", path.map(|p| format!("{p}: ")).unwrap_or_default())]
+    Yaml {
+        path: Option<&'static str>,
+        message: String,
+    },
+    #[error("apiVersion: {}", match found {
+        Some(v) => format!("{v:?} is not supported; scour reads {API_VERSION} (Eraser's current version)"),
+        None => format!("missing; expected {API_VERSION}"),
+    })]
+    ApiVersion { found: Option<String> },
+    #[error("kind: expected {KIND}")]
+    Kind,
+    #[error("unknown field{}: {}", if .0.len() > 1 { "s" } else { "" }, .0.join(", "))]
+    UnknownFields(Vec<String>),
+    #[error("{path}: {problem}")]
+    Field { path: String, problem: FieldError },
 }
 
-/// How scour treats a known key.
-#[derive(Debug, Clone, Copy)]
-enum Known {
-    Used,
-    /// Accepted and ignored, with the reason shown to the operator.
-    Ignored(&'static str),
-}
-
-enum Schema {
-    Map(&'static [(&'static str, Schema)]),
-    /// A value of any shape (labels, lists, volumes).
-    Leaf(Known),
-    /// A subtree scour does not implement; its contents are not checked.
-    Ignored(&'static str),
-}
-
-use Known::Used;
-use Schema::{Ignored, Leaf, Map};
-
-const RESOURCES: Schema = Map(&[("mem", Leaf(Used)), ("cpu", Leaf(Used))]);
-const IMAGE: Schema = Map(&[("repo", Leaf(Used)), ("tag", Leaf(Used))]);
-
-const CONFIG_SCHEMA: Schema = Map(&[
-    ("apiVersion", Leaf(Used)),
-    ("kind", Leaf(Used)),
-    (
-        "manager",
-        Map(&[
-            ("runtime", Map(&[("name", Leaf(Used)), ("address", Leaf(Used))])),
-            (
-                "otlpEndpoint",
-                Leaf(Known::Ignored(
-                    "scour serves Prometheus /metrics instead of pushing OTLP",
-                )),
-            ),
-            ("logLevel", Leaf(Used)),
-            (
-                "scheduling",
-                Map(&[("repeatInterval", Leaf(Used)), ("beginImmediately", Leaf(Used))]),
-            ),
-            ("profile", Ignored("scour has no pprof endpoint")),
-            (
-                "imageJob",
-                Map(&[
-                    ("successRatio", Leaf(Used)),
-                    (
-                        "cleanup",
-                        Map(&[("delayOnSuccess", Leaf(Used)), ("delayOnFailure", Leaf(Used))]),
-                    ),
-                ]),
-            ),
-            ("pullSecrets", Leaf(Used)),
-            ("priorityClassName", Leaf(Used)),
-            ("additionalPodLabels", Leaf(Used)),
-            ("nodeFilter", Map(&[("type", Leaf(Used)), ("selectors", Leaf(Used))])),
-        ]),
-    ),
-    (
-        "components",
-        Map(&[
-            (
-                "collector",
-                Map(&[
-                    ("enabled", Leaf(Used)),
-                    ("image", Ignored("scour has no separate collector container")),
-                    ("request", Ignored("scour has no separate collector container")),
-                    ("limit", Ignored("scour has no separate collector container")),
-                ]),
-            ),
-            (
-                "scanner",
-                Map(&[
-                    ("enabled", Leaf(Used)),
-                    (
-                        "image",
-                        Ignored("scour scans inside its worker; Trivy ships in the scour image"),
-                    ),
-                    ("request", RESOURCES),
-                    ("limit", RESOURCES),
-                    ("config", Leaf(Used)),
-                    ("volumes", Leaf(Used)),
-                ]),
-            ),
-            (
-                "remover",
-                Map(&[("image", IMAGE), ("request", RESOURCES), ("limit", RESOURCES)]),
-            ),
-        ]),
-    ),
-    // scour's own fields; Eraser ignores the whole section.
-    (
-        "scour",
-        Map(&[
-            (
-                "policy",
-                Map(&[
-                    ("configMap", Leaf(Used)),
-                    ("key", Leaf(Used)),
-                    ("path", Leaf(Used)),
-                    ("sha256", Leaf(Used)),
-                    ("settings", Leaf(Used)),
-                ]),
-            ),
-            (
-                "rollout",
-                Map(&[
-                    ("maxConcurrency", Leaf(Used)),
-                    ("pendingTimeout", Leaf(Used)),
-                    ("nodeTimeout", Leaf(Used)),
-                ]),
-            ),
-            ("schedule", Map(&[("interval", Leaf(Used))])),
-            ("sandboxImages", Leaf(Used)),
-        ]),
-    ),
-]);
-
-const SCANNER_SCHEMA: Schema = Map(&[
-    ("cacheDir", Leaf(Used)),
-    ("dbRepo", Leaf(Used)),
-    ("deleteFailedImages", Leaf(Used)),
-    ("deleteEOLImages", Leaf(Used)),
-    (
-        "vulnerabilities",
-        Map(&[
-            ("ignoreUnfixed", Leaf(Used)),
-            ("types", Leaf(Used)),
-            ("securityChecks", Leaf(Used)),
-            ("severities", Leaf(Used)),
-            ("ignoredStatuses", Leaf(Used)),
-        ]),
-    ),
-    ("timeout", Map(&[("total", Leaf(Used)), ("perImage", Leaf(Used))])),
-]);
-
-/// Walks `value` against `schema`, collecting unknown keys (errors) and
-/// ignored ones (warnings) with their dotted paths.
-fn check(schema: &Schema, value: &Value, path: &str, unknown: &mut Vec<String>, warnings: &mut Vec<String>) {
-    match (schema, value) {
-        (Map(fields), Value::Mapping(map)) => {
-            for (k, v) in map {
-                let key = k.as_str().map(str::to_owned).unwrap_or_else(|| format!("{k:?}"));
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                match fields.iter().find(|(name, _)| *name == key) {
-                    Some((_, sub)) => check(sub, v, &child, unknown, warnings),
-                    None => unknown.push(child),
-                }
-            }
-        }
-        (Map(_), Value::Null) => {}
-        (Map(_), _) => unknown.push(format!("{path} (expected a mapping)")),
-        (Leaf(Used), _) => {}
-        (Leaf(Known::Ignored(why)), v) | (Ignored(why), v) => {
-            if !v.is_null() {
-                warnings.push(format!("{path}: ignored; {why}"));
-            }
+impl ConfigError {
+    /// The field at fault, if the error is about one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ConfigError::File { source, .. } => source.path(),
+            ConfigError::Field { path, .. } => Some(path),
+            ConfigError::ApiVersion { .. } => Some("apiVersion"),
+            ConfigError::Kind => Some("kind"),
+            ConfigError::Yaml { path, .. } => *path,
+            _ => None,
         }
     }
+
+    fn field(path: &str, problem: impl Into<FieldError>) -> Self {
+        ConfigError::Field {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// What is wrong with one field's value.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    /// The value has the wrong shape for the field (serde's message).
+    #[error("{0}")]
+    Type(String),
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    #[error("{value} is outside the accepted range of {range}")]
+    OutOfRange { value: String, range: &'static str },
+    #[error("{value:?} is not {what}; use {allowed}")]
+    NotOneOf {
+        value: String,
+        what: &'static str,
+        allowed: &'static str,
+    },
+    #[error("required with {0}; pin the digest `scour policy check` prints")]
+    RequiredWith(&'static str),
+    #[error("set configMap or path, not both")]
+    Exclusive,
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error(transparent)]
+    Concurrency(#[from] ConcurrencyError),
+    /// A digest pin, severity or image pattern the policy layer refused.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Keys Eraser knows and scour reads but does not act on, with the reason
+/// the operator is told. Each is a field of the types below (a test checks
+/// that every path here is accepted).
+pub const IGNORED: &[(&str, &str)] = &[
+    (
+        "manager.otlpEndpoint",
+        "scour serves Prometheus /metrics instead of pushing OTLP",
+    ),
+    ("manager.profile", "scour has no pprof endpoint"),
+    (
+        "components.collector.image",
+        "scour has no separate collector container",
+    ),
+    (
+        "components.collector.request",
+        "scour has no separate collector container",
+    ),
+    (
+        "components.collector.limit",
+        "scour has no separate collector container",
+    ),
+    (
+        "components.scanner.image",
+        "scour scans inside its worker; Trivy ships in the scour image",
+    ),
+];
+
+/// A mapping entry whose value is null is an unset key (`manager:` with
+/// nothing under it), as in Eraser.
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Mapping(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// Deserialises `value` as `T`, naming the failing field's path, and
+/// collects every key `T` does not read into `unknown`, under `prefix`.
+fn typed<T: serde::de::DeserializeOwned>(
+    mut value: Value,
+    prefix: &str,
+    unknown: &mut Vec<String>,
+) -> Result<T, ConfigError> {
+    drop_nulls(&mut value);
+    let join = |path: String| match (prefix.is_empty(), path.as_str()) {
+        (true, p) => p.to_owned(),
+        (false, "." | "") => prefix.to_owned(),
+        (false, p) => format!("{prefix}.{p}"),
+    };
+    let mut track = serde_path_to_error::Track::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(join(path.to_string()));
+    let ignored = serde_ignored::Deserializer::new(value, &mut note);
+    T::deserialize(serde_path_to_error::Deserializer::new(ignored, &mut track)).map_err(|e| ConfigError::Field {
+        path: join(track.path().to_string()),
+        problem: FieldError::Type(e.to_string()),
+    })
+}
+
+/// The value at a dotted path, if set.
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(value, |v, key| v.get(key))
+        .filter(|v| !v.is_null())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EraserConfig {
+    /// Checked before the rest is read.
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
     #[serde(default)]
     pub manager: Manager,
     #[serde(default)]
@@ -214,6 +193,10 @@ pub struct ScourConfig {
     /// Images protected like the sandbox image on every node.
     #[serde(default)]
     pub sandbox_images: Vec<String>,
+    /// Every run is a dry run: workers report what they would remove and
+    /// remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Where the policy comes from. Without `configMap` or `path` the workers run
@@ -271,6 +254,9 @@ pub struct Manager {
     pub additional_pod_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub node_filter: NodeFilter,
+    /// Read and ignored ([`IGNORED`]).
+    pub otlp_endpoint: Option<Value>,
+    pub profile: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -326,6 +312,10 @@ pub struct Components {
 #[serde(rename_all = "camelCase")]
 pub struct Collector {
     pub enabled: Option<bool>,
+    /// Read and ignored ([`IGNORED`]).
+    pub image: Option<Value>,
+    pub request: Option<Value>,
+    pub limit: Option<Value>,
 }
 
 /// A Kubernetes quantity such as `500Mi`, `1000m` or `0`.
@@ -354,19 +344,6 @@ fn quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
     }))
 }
 
-/// Deserialises with the failing field's path in the error.
-fn typed<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = match (prefix.is_empty(), path.as_str()) {
-            (true, p) => p.to_owned(),
-            (false, ".") => prefix.to_owned(),
-            (false, p) => format!("{prefix}.{p}"),
-        };
-        format!("{path}: {}", e.into_inner())
-    })
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageRef {
@@ -378,6 +355,8 @@ pub struct ImageRef {
 #[serde(rename_all = "camelCase")]
 pub struct Scanner {
     pub enabled: Option<bool>,
+    /// Read and ignored ([`IGNORED`]).
+    pub image: Option<Value>,
     #[serde(default)]
     pub request: Resources,
     #[serde(default)]
@@ -462,19 +441,25 @@ impl std::fmt::Display for Concurrency {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConcurrencyError {
+    #[error("{0:?}: a percentage must be above 0% and at most 100%")]
+    Percent(String),
+    #[error("{0:?}: use a whole number of nodes (at least 1) or a percentage such as 10%")]
+    Nodes(String),
+}
+
 /// `5` or `10%`.
-pub fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
+pub fn parse_concurrency(text: &str) -> Result<Concurrency, ConcurrencyError> {
     let t = text.trim();
     match t.strip_suffix('%') {
         Some(p) => match p.trim().parse::<f64>() {
             Ok(p) if p > 0.0 && p <= 100.0 => Ok(Concurrency::Percent(p)),
-            _ => Err(format!("{t:?}: a percentage must be above 0% and at most 100%")),
+            _ => Err(ConcurrencyError::Percent(t.to_owned())),
         },
         None => match t.parse::<u32>() {
             Ok(n) if n > 0 => Ok(Concurrency::Nodes(n)),
-            _ => Err(format!(
-                "{t:?}: use a whole number of nodes (at least 1) or a percentage such as 10%"
-            )),
+            _ => Err(ConcurrencyError::Nodes(t.to_owned())),
         },
     }
 }
@@ -491,55 +476,54 @@ pub struct Loaded {
 impl Loaded {
     /// Reads and checks an `EraserConfig` file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            message: e.to_string(),
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError {
-            file: path.display().to_string(),
-            message,
+        Self::parse(&text).map_err(|e| ConfigError::File {
+            file,
+            source: Box::new(e),
         })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let value: Value = serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let value: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: None,
+            message: e.to_string(),
+        })?;
         match value.get("apiVersion").and_then(Value::as_str) {
             Some(API_VERSION) => {}
-            Some(other) => {
-                return Err(format!(
-                    "apiVersion: {other:?} is not supported; scour reads {API_VERSION} (Eraser's current version)"
-                ));
+            found => {
+                return Err(ConfigError::ApiVersion {
+                    found: found.map(str::to_owned),
+                });
             }
-            None => return Err(format!("apiVersion: missing; expected {API_VERSION}")),
         }
         if value.get("kind").and_then(Value::as_str) != Some(KIND) {
-            return Err(format!("kind: expected {KIND}"));
+            return Err(ConfigError::Kind);
         }
-        let (mut unknown, mut warnings) = (Vec::new(), Vec::new());
-        check(&CONFIG_SCHEMA, &value, "", &mut unknown, &mut warnings);
-        let config: EraserConfig = typed(value, "")?;
+        let mut warnings: Vec<String> = IGNORED
+            .iter()
+            .filter(|(path, _)| lookup(&value, path).is_some())
+            .map(|(path, why)| format!("{path}: ignored; {why}"))
+            .collect();
+        let mut unknown = Vec::new();
+        let config: EraserConfig = typed(value, "", &mut unknown)?;
         let scanner = match config.components.scanner.config.as_deref().map(str::trim) {
             None | Some("") => ScannerConfig::default(),
             Some(text) => {
-                let v: Value = serde_yaml::from_str(text)
-                    .map_err(|e| format!("components.scanner.config: not valid YAML: {e}"))?;
-                check(
-                    &SCANNER_SCHEMA,
-                    &v,
-                    "components.scanner.config",
-                    &mut unknown,
-                    &mut warnings,
-                );
-                typed(v, "components.scanner.config")?
+                let v: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
+                    path: Some(SCANNER_CONFIG),
+                    message: e.to_string(),
+                })?;
+                typed(v, SCANNER_CONFIG, &mut unknown)?
             }
         };
         if !unknown.is_empty() {
-            return Err(format!(
-                "unknown field{}: {}",
-                if unknown.len() > 1 { "s" } else { "" },
-                unknown.join(", ")
-            ));
+            return Err(ConfigError::UnknownFields(unknown));
         }
+        warnings.sort();
         let loaded = Self {
             config,
             scanner,
@@ -549,68 +533,94 @@ impl Loaded {
         Ok(loaded)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.scanner;
+        let c = &self.config;
+        let scour = &c.scour;
         for (path, value) in [
             ("components.scanner.config.timeout.total", &s.timeout.total),
             ("components.scanner.config.timeout.perImage", &s.timeout.per_image),
             (
                 "manager.scheduling.repeatInterval",
-                &self.config.manager.scheduling.repeat_interval,
+                &c.manager.scheduling.repeat_interval,
             ),
             (
                 "manager.imageJob.cleanup.delayOnSuccess",
-                &self.config.manager.image_job.cleanup.delay_on_success,
+                &c.manager.image_job.cleanup.delay_on_success,
             ),
             (
                 "manager.imageJob.cleanup.delayOnFailure",
-                &self.config.manager.image_job.cleanup.delay_on_failure,
+                &c.manager.image_job.cleanup.delay_on_failure,
             ),
+            ("scour.rollout.pendingTimeout", &scour.rollout.pending_timeout),
+            ("scour.rollout.nodeTimeout", &scour.rollout.node_timeout),
+            ("scour.schedule.interval", &scour.schedule.interval),
         ] {
             if let Some(v) = value {
-                parse_go_duration(v).map_err(|e| format!("{path}: {e}"))?;
+                parse_go_duration(v).map_err(|e| ConfigError::field(path, e))?;
             }
         }
         if let Some(sev) = &s.vulnerabilities.severities {
             for (i, name) in sev.iter().enumerate() {
-                name.parse::<scour_policy_sdk::Severity>()
-                    .map_err(|e| format!("components.scanner.config.vulnerabilities.severities[{i}]: {e}"))?;
+                name.parse::<scour_policy_sdk::Severity>().map_err(|e| {
+                    ConfigError::field(
+                        &format!("{SCANNER_CONFIG}.vulnerabilities.severities[{i}]"),
+                        FieldError::Invalid(e.to_string()),
+                    )
+                })?;
             }
         }
-        if let Some(name) = &self.config.manager.runtime.name
+        if let Some(name) = &c.manager.runtime.name
             && !matches!(name.as_str(), "" | "containerd" | "crio" | "dockershim")
         {
-            return Err(format!(
-                "manager.runtime.name: {name:?} is not a runtime; use containerd, crio or dockershim"
+            return Err(ConfigError::field(
+                "manager.runtime.name",
+                FieldError::NotOneOf {
+                    value: name.clone(),
+                    what: "a runtime",
+                    allowed: "containerd, crio or dockershim",
+                },
             ));
         }
-        if let Some(kind) = &self.config.manager.node_filter.kind
+        if let Some(kind) = &c.manager.node_filter.kind
             && !matches!(kind.as_str(), "exclude" | "include")
         {
-            return Err(format!(
-                "manager.nodeFilter.type: {kind:?} is not a filter type; use exclude or include"
+            return Err(ConfigError::field(
+                "manager.nodeFilter.type",
+                FieldError::NotOneOf {
+                    value: kind.clone(),
+                    what: "a filter type",
+                    allowed: "exclude or include",
+                },
             ));
         }
-        if let Some(r) = self.config.manager.image_job.success_ratio
+        if let Some(r) = c.manager.image_job.success_ratio
             && !(0.0..=1.0).contains(&r)
         {
-            return Err(format!("manager.imageJob.successRatio: {r} is outside 0.0 to 1.0"));
+            return Err(ConfigError::field(
+                "manager.imageJob.successRatio",
+                FieldError::OutOfRange {
+                    value: r.to_string(),
+                    range: "0.0 to 1.0",
+                },
+            ));
         }
-        let scour = &self.config.scour;
         let policy = &scour.policy;
         if let Some(digest) = &policy.sha256 {
-            crate::policy::DigestPin::parse(digest).map_err(|e| format!("scour.policy.sha256: {e}"))?;
+            crate::policy::DigestPin::parse(digest)
+                .map_err(|e| ConfigError::field("scour.policy.sha256", FieldError::Invalid(e.to_string())))?;
         }
         if policy.config_map.is_some() && policy.path.is_some() {
-            return Err("scour.policy: set configMap or path, not both".into());
+            return Err(ConfigError::field("scour.policy", FieldError::Exclusive));
         }
         for (field, set) in [
-            ("configMap", policy.config_map.is_some()),
-            ("path", policy.path.is_some()),
+            ("scour.policy.configMap", policy.config_map.is_some()),
+            ("scour.policy.path", policy.path.is_some()),
         ] {
             if set && policy.sha256.is_none() {
-                return Err(format!(
-                    "scour.policy.sha256: required with scour.policy.{field}; pin the digest `scour policy check` prints"
+                return Err(ConfigError::field(
+                    "scour.policy.sha256",
+                    FieldError::RequiredWith(field),
                 ));
             }
         }
@@ -618,21 +628,13 @@ impl Loaded {
             && !settings.trim().is_empty()
         {
             serde_json::from_str::<serde_json::Value>(settings)
-                .map_err(|e| format!("scour.policy.settings: not valid JSON: {e}"))?;
+                .map_err(|e| ConfigError::field("scour.policy.settings", FieldError::Json(e.to_string())))?;
         }
-        if let Some(c) = &scour.rollout.max_concurrency {
-            parse_concurrency(c).map_err(|e| format!("scour.rollout.maxConcurrency: {e}"))?;
+        if let Some(text) = &scour.rollout.max_concurrency {
+            parse_concurrency(text).map_err(|e| ConfigError::field("scour.rollout.maxConcurrency", e))?;
         }
-        for (path, value) in [
-            ("scour.rollout.pendingTimeout", &scour.rollout.pending_timeout),
-            ("scour.rollout.nodeTimeout", &scour.rollout.node_timeout),
-            ("scour.schedule.interval", &scour.schedule.interval),
-        ] {
-            if let Some(v) = value {
-                parse_go_duration(v).map_err(|e| format!("{path}: {e}"))?;
-            }
-        }
-        scour_policy_sdk::PatternSet::parse(&scour.sandbox_images).map_err(|e| format!("scour.sandboxImages: {e}"))?;
+        scour_policy_sdk::PatternSet::parse(&scour.sandbox_images)
+            .map_err(|e| ConfigError::field("scour.sandboxImages", FieldError::Invalid(e.to_string())))?;
         self.interval()?;
         Ok(())
     }
@@ -640,7 +642,7 @@ impl Loaded {
     /// The automatic-run interval: `scour.schedule.interval`, else
     /// `manager.scheduling.repeatInterval`, else 168h (AKS's default), within
     /// AKS's bounds of 24h to 2160h.
-    pub fn interval(&self) -> Result<Duration, String> {
+    pub fn interval(&self) -> Result<Duration, ConfigError> {
         let (path, text) = match (
             &self.config.scour.schedule.interval,
             &self.config.manager.scheduling.repeat_interval,
@@ -649,10 +651,14 @@ impl Loaded {
             (None, Some(v)) => ("manager.scheduling.repeatInterval", v.as_str()),
             (None, None) => return Ok(DEFAULT_INTERVAL),
         };
-        let d = parse_go_duration(text).map_err(|e| format!("{path}: {e}"))?;
+        let d = parse_go_duration(text).map_err(|e| ConfigError::field(path, e))?;
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
-            return Err(format!(
-                "{path}: {text} is outside the accepted range of 24h to 2160h (90 days)"
+            return Err(ConfigError::field(
+                path,
+                FieldError::OutOfRange {
+                    value: text.to_owned(),
+                    range: "24h to 2160h (90 days)",
+                },
             ));
         }
         Ok(d)
@@ -747,6 +753,24 @@ impl Loaded {
             (None, true) => self.default_policy_settings(),
             (None, false) => String::new(),
         }
+    }
+
+    /// `scour.dryRun`: runs report what they would remove, and remove nothing.
+    pub fn dry_run(&self) -> bool {
+        self.config.scour.dry_run
+    }
+
+    /// Which scanned images count as vulnerable: the scanner config's
+    /// `vulnerabilities.severities` and `ignoreUnfixed`.
+    pub fn vulnerable(&self) -> crate::scan::Vulnerable {
+        let v = &self.scanner.vulnerabilities;
+        let mut out = crate::scan::Vulnerable::default();
+        if let Some(names) = &v.severities {
+            // Checked at load: every name is a severity.
+            out.severities = names.iter().filter_map(|n| n.parse().ok()).collect();
+        }
+        out.fixable_only = v.ignore_unfixed.unwrap_or(false);
+        out
     }
 
     pub fn scan_total_timeout(&self) -> Option<Duration> {
@@ -871,11 +895,76 @@ components:
     }
 
     #[test]
+    fn an_absurd_duration_is_a_typed_error_naming_the_field() {
+        let text = ERASER_DEFAULT.replace("repeatInterval: 24h", "repeatInterval: 99999999999999999999h");
+        let err = Loaded::parse(&text).unwrap_err();
+        assert_eq!(err.path(), Some("manager.scheduling.repeatInterval"));
+        assert!(
+            matches!(
+                &err,
+                ConfigError::Field {
+                    problem: FieldError::Unit(UnitError::TooLong(_)),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn every_ignored_key_is_read_by_the_types_and_warned_about() {
+        let mut merged = serde_yaml::Mapping::new();
+        for (path, _) in IGNORED {
+            let mut v = Value::Mapping(serde_yaml::Mapping::from_iter([(
+                Value::from("anything"),
+                Value::from(vec![1, 2]),
+            )]));
+            for key in path.split('.').rev() {
+                v = Value::Mapping(serde_yaml::Mapping::from_iter([(Value::from(key), v)]));
+            }
+            merge(&mut merged, v);
+        }
+        merged.insert("apiVersion".into(), API_VERSION.into());
+        merged.insert("kind".into(), KIND.into());
+        let l = Loaded::parse(&serde_yaml::to_string(&merged).unwrap()).unwrap();
+        let warned: Vec<&str> = l
+            .warnings
+            .iter()
+            .filter_map(|w| w.split_once(": ignored"))
+            .map(|(p, _)| p)
+            .collect();
+        let mut expected: Vec<&str> = IGNORED.iter().map(|(p, _)| *p).collect();
+        expected.sort();
+        assert_eq!(warned, expected);
+    }
+
+    fn merge(into: &mut serde_yaml::Mapping, from: Value) {
+        let Value::Mapping(from) = from else { return };
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(Value::Mapping(existing)), v @ Value::Mapping(_)) => merge(existing, v),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_section_is_an_unset_one() {
+        let text = "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\nmanager:\ncomponents:\n  scanner:\nscour:\n";
+        let l = Loaded::parse(text).unwrap();
+        assert!(l.automatic_enabled());
+        let err = Loaded::parse("apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\nmanager: 3\n").unwrap_err();
+        assert_eq!(err.path(), Some("manager"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_are_errors_with_their_path() {
         let text = ERASER_DEFAULT
             .replace("    beginImmediately: true", "    beginImmediatly: true")
             .replace("      deleteEOLImages: true", "      deleteEOLImage: true");
-        let err = Loaded::parse(&text).unwrap_err();
+        let err = Loaded::parse(&text).unwrap_err().to_string();
         assert!(err.contains("manager.scheduling.beginImmediatly"), "{err}");
         assert!(err.contains("components.scanner.config.deleteEOLImage"), "{err}");
     }
@@ -917,7 +1006,9 @@ components:
             ),
             ("type: exclude", "type: everything", "manager.nodeFilter.type"),
         ] {
-            let err = Loaded::parse(&ERASER_DEFAULT.replace(from, to)).unwrap_err();
+            let err = Loaded::parse(&ERASER_DEFAULT.replace(from, to))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{from} -> {to}: {err}");
         }
     }
@@ -926,14 +1017,16 @@ components:
     fn the_interval_defaults_to_a_week_and_accepts_the_bounds() {
         let base = "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n";
         assert_eq!(
-            Loaded::parse(base).unwrap().interval(),
-            Ok(Duration::from_secs(168 * 3600))
+            Loaded::parse(base).unwrap().interval().unwrap(),
+            Duration::from_secs(168 * 3600)
         );
         for (text, hours) in [("24h", 24), ("2160h", 2160), ("36h30m", 36)] {
             let l = Loaded::parse(&format!("{base}manager:\n  scheduling:\n    repeatInterval: {text}\n")).unwrap();
             assert_eq!(l.interval().unwrap().as_secs() / 3600, hours, "{text}");
         }
-        let err = Loaded::parse(&format!("{base}scour:\n  schedule:\n    interval: 23h\n")).unwrap_err();
+        let err = Loaded::parse(&format!("{base}scour:\n  schedule:\n    interval: 23h\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("scour.schedule.interval: 23h is outside"), "{err}");
     }
 
@@ -979,25 +1072,28 @@ components:
             ("interval: 168h", "intervals: 168h", "scour.schedule.intervals"),
             ("maxAgeDays\": 30}'", "maxAgeDays\": }'", "scour.policy.settings"),
         ] {
-            let err = Loaded::parse(&good.replace(from, to)).unwrap_err();
+            let err = Loaded::parse(&good.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(needle), "{to}: {err}");
         }
         let unpinned = good.replace(&format!("    sha256: \"{digest}\"\n"), "");
         assert!(
             Loaded::parse(&unpinned)
                 .unwrap_err()
+                .to_string()
                 .contains("required with scour.policy.configMap")
         );
         let baked = unpinned.replace("configMap: my-policy", "path: /policies/mine.wasm");
         assert!(
             Loaded::parse(&baked)
                 .unwrap_err()
+                .to_string()
                 .contains("required with scour.policy.path")
         );
         let both = good.replace("configMap: my-policy", "configMap: my-policy\n    path: /p.wasm");
         assert!(
             Loaded::parse(&both)
                 .unwrap_err()
+                .to_string()
                 .contains("configMap or path, not both")
         );
     }

@@ -49,7 +49,7 @@ impl Status {
 }
 
 /// What finally happened to an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageAction {
     Removed,
@@ -69,7 +69,22 @@ impl ImageAction {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// What the removal step did with an image the pass meant to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemovalResult {
+    Removed,
+    /// Already gone when its turn came.
+    NotFound,
+    /// A guard kept it, found just before removal.
+    Vetoed,
+    /// Not attempted (the pass was interrupted).
+    Skipped,
+    Error,
+    WouldRemove,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageResult {
     pub id: String,
@@ -77,13 +92,12 @@ pub struct ImageResult {
     pub size_bytes: u64,
     pub action: ImageAction,
     pub reason: String,
-    /// For images the pass tried to remove: removed, not-found, vetoed,
-    /// skipped, error or would-remove.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<&'static str>,
+    /// For images the pass tried to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RemovalResult>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRef {
     pub name: String,
@@ -100,6 +114,10 @@ pub struct Summary {
     pub selected: usize,
     /// Scans that completed, fresh or from the cache.
     pub scanned: usize,
+    /// Scanned and found vulnerable: a finding at the configured
+    /// severities (fixable ones only with `ignoreUnfixed`).
+    #[serde(default)]
+    pub vulnerable: usize,
     pub scan_failed: usize,
     pub scan_cache_hits: usize,
     pub trivy_runs: usize,
@@ -112,7 +130,9 @@ pub struct Summary {
     pub bytes_freed: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A pass's full report. The worker writes it (`--report`, stdout); the
+/// controller reads it back from a worker pod's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PassReport {
     pub status: Status,
@@ -127,8 +147,9 @@ pub struct PassReport {
     pub summary: Summary,
     pub images: Vec<ImageResult>,
     /// Milliseconds per phase: collect, scan, decide, remove, total.
+    #[serde(default)]
     pub durations: BTreeMap<String, u64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scan_failures: Vec<FailureGroup>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_fs: Option<ImageFs>,
@@ -189,7 +210,7 @@ impl PassReport {
             match img.action {
                 ImageAction::Removed => {
                     s.removed += 1;
-                    if img.result != Some("not-found") {
+                    if img.result != Some(RemovalResult::NotFound) {
                         s.bytes_freed += img.size_bytes;
                     }
                 }
@@ -202,6 +223,11 @@ impl PassReport {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The report as one line of JSON.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// A table of the images and a summary line, for people.
@@ -252,13 +278,12 @@ impl PassReport {
     /// The controller's view, at most [`TERMINATION_LIMIT`] bytes of JSON:
     /// counts always, then as many removed and failed images and errors as fit.
     pub fn termination_summary(&self) -> String {
-        fn entry(r: &ImageResult) -> ImageEntry {
-            ImageEntry {
-                id: short_id(&r.id).to_owned(),
-                image: r.tags.first().cloned().unwrap_or_default(),
-                reason: prefix_within(&r.reason, 120).to_owned(),
-            }
-        }
+        let entry = |r: &ImageResult| {
+            let mut e = ImageEntry::of(r);
+            e.reason = prefix_within(&e.reason, 120).to_owned();
+            e.size_bytes = 0;
+            e
+        };
         let removed: Vec<ImageEntry> = self
             .images
             .iter()
@@ -308,16 +333,11 @@ impl PassReport {
             }
         }
         let text = serde_json::to_string(&c).unwrap_or_default();
-        if text.len() <= TERMINATION_LIMIT {
-            text
-        } else {
-            text[..TERMINATION_LIMIT].to_owned()
-        }
+        prefix_within(&text, TERMINATION_LIMIT).to_owned()
     }
 }
 
-/// One image in the termination summary and in the controller's per-node
-/// results.
+/// One image in the termination summary and in a node's kept results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageEntry {
@@ -325,7 +345,26 @@ pub struct ImageEntry {
     pub id: String,
     /// The image's first tag, if any.
     pub image: String,
+    /// The policy's reason; for a failed removal, the error.
     pub reason: String,
+    /// The image's size as the runtime reports it.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub size_bytes: u64,
+}
+
+impl ImageEntry {
+    pub fn of(r: &ImageResult) -> Self {
+        Self {
+            id: short_id(&r.id).to_owned(),
+            image: r.tags.first().cloned().unwrap_or_default(),
+            reason: r.reason.clone(),
+            size_bytes: r.size_bytes,
+        }
+    }
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a worker pod tells the controller through its termination message

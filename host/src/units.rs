@@ -2,8 +2,24 @@
 
 use std::time::Duration;
 
+/// A size or duration that could not be read. The config loader adds the
+/// field's path; clap adds the flag's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("unknown size unit {unit:?} in {input:?}; use B, KiB, MiB, GiB or TiB")]
+    SizeUnit { unit: String, input: String },
+    #[error("invalid size {0:?}")]
+    Size(String),
+    #[error("invalid duration {input:?}: {reason}")]
+    Duration { input: String, reason: String },
+    #[error("invalid duration {0:?}: use Go syntax such as 24h, 1h30m, 90s or 500ms")]
+    GoDuration(String),
+    #[error("invalid duration {0:?}: too long")]
+    TooLong(String),
+}
+
 /// Parses `67108864`, `64MiB`, `64Mi`, `512KiB`, `1GiB` or `1.5GiB` into bytes.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -14,28 +30,34 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "G" | "Gi" | "GiB" => 1 << 30,
         "T" | "Ti" | "TiB" => 1 << 40,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB or TiB"
-            ));
+            return Err(UnitError::SizeUnit {
+                unit: other.to_owned(),
+                input: s.to_owned(),
+            });
         }
     };
-    let value: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!("invalid size {s:?}"));
+    let value: f64 = num.parse().map_err(|_| UnitError::Size(s.to_owned()))?;
+    let bytes = value * factor as f64;
+    // 2^64 and above cannot be held; `as` would saturate silently.
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return Err(UnitError::Size(s.to_owned()));
     }
-    Ok((value * factor as f64).round() as u64)
+    Ok(bytes.round() as u64)
 }
 
 /// Parses `2s`, `500ms`, `1h30m` and the like.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    humantime::parse_duration(s.trim()).map_err(|e| UnitError::Duration {
+        input: s.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Parses a Go duration as Eraser's config writes them: `24h`, `1h30m`,
 /// `90s`, `1.5h`, `500ms`, `0s`.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_go_duration(s: &str) -> Result<Duration, UnitError> {
     let t = s.trim();
-    let bad = || format!("invalid duration {s:?}: use Go syntax such as 24h, 1h30m, 90s or 500ms");
+    let bad = || UnitError::GoDuration(s.to_owned());
     if t == "0" {
         return Ok(Duration::ZERO);
     }
@@ -49,12 +71,13 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         if num_len == 0 {
             return Err(bad());
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
+        let (number, after) = rest.split_at(num_len);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let seconds = match unit {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
             "ms" => 1e-3,
@@ -64,9 +87,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         total += value * seconds;
-        rest = &rest[unit_len..];
+        rest = after;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("invalid duration {s:?}: too long"))
+    Duration::try_from_secs_f64(total).map_err(|_| UnitError::TooLong(s.to_owned()))
 }
 
 /// `1.5 MiB` and the like, for people.
@@ -97,6 +120,8 @@ mod tests {
         assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 << 29);
         assert!(parse_bytes("64MB?").is_err());
         assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_bytes("16777216TiB"), Err(UnitError::Size("16777216TiB".into())));
+        assert_eq!(parse_bytes(&"9".repeat(400)), Err(UnitError::Size("9".repeat(400))));
         assert_eq!(format_bytes(1536), "1.5 KiB");
         assert_eq!(format_bytes(12), "12 B");
     }
@@ -119,7 +144,8 @@ mod tests {
     #[test]
     fn an_absurd_duration_is_an_error_not_a_panic() {
         let e = parse_go_duration("99999999999999999999h").unwrap_err();
-        assert!(e.contains("too long"), "{e}");
+        assert_eq!(e, UnitError::TooLong("99999999999999999999h".into()));
+        assert!(e.to_string().contains("too long"), "{e}");
         assert!(parse_go_duration(&format!("{}h", "9".repeat(400))).is_err());
     }
 }

@@ -360,6 +360,7 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
             total_timeout: total,
             concurrency: scan_concurrency,
         },
+        vulnerable: eraser.as_ref().map(|c| c.vulnerable()).unwrap_or_default(),
         state_dir: Some(args.state_dir),
         sandbox_images: args
             .sandbox_images

@@ -48,41 +48,27 @@ where
     }
 }
 
-/// What a status write requires of the object it writes.
-pub enum Precondition<'a> {
-    /// Unchanged since this resourceVersion was read: a 409 otherwise.
-    Version(Option<&'a str>),
-    /// The object with this uid, not one deleted and re-created since.
-    Uid(Option<&'a str>),
-}
-
 /// Server-side applies `status` (forced, as the controller's field
-/// manager) to the cluster-scoped object `name`, under `precondition`. It
-/// is serialized straight from `status`, and the object the API server
-/// sends back is read but not decoded: an ImageJob over many nodes is a big
-/// one, and no copy of it is needed.
+/// manager) to the cluster-scoped object `name`, made over
+/// `resource_version`: if the object changed since that version was read,
+/// the API server refuses it with a 409 rather than let it overwrite the
+/// change. It is serialized straight from `status`, and the object the API
+/// server sends back is read but not decoded: an ImageJob over many nodes
+/// is a big one, and no copy of it is needed.
 pub async fn apply_status<K, S>(
     client: &Client,
     name: &str,
-    precondition: Precondition<'_>,
+    resource_version: Option<&str>,
     status: &S,
 ) -> kube::Result<()>
 where
     K: Resource<DynamicType = ()>,
     S: Serialize + Debug,
 {
-    let (resource_version, uid) = match precondition {
-        Precondition::Version(v) => (v, None),
-        Precondition::Uid(u) => (None, u),
-    };
     let patch = StatusApply {
         api_version: K::api_version(&()),
         kind: K::kind(&()),
-        metadata: ApplyMeta {
-            name,
-            resource_version,
-            uid,
-        },
+        metadata: ApplyMeta { name, resource_version },
         status,
     };
     let request = kube::core::Request::new(K::url_path(&(), None))
@@ -111,6 +97,4 @@ struct ApplyMeta<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     resource_version: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<&'a str>,
 }

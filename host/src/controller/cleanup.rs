@@ -59,6 +59,7 @@ impl Reconciler {
                 self.wake_at(t);
             }
             if expired {
+                self.delete_results(&name).await?;
                 delete_if_present(&jobs_api, &name).await?;
             }
         }

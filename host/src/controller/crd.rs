@@ -59,6 +59,9 @@ pub struct ImageListStatus {
     /// Images removed across all nodes.
     #[serde(default)]
     pub removed: i64,
+    /// Images the run would have removed, when it was a dry run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub would_remove: i64,
     /// Bytes freed across all nodes, as the runtime reports image sizes.
     #[serde(default)]
     pub bytes_freed: i64,
@@ -105,6 +108,9 @@ pub struct ImageJobSpec {
     pub policy_sha256: Option<String>,
     /// The worker image.
     pub worker_image: String,
+    /// Every worker reports what it would remove and removes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// The rollout rules, fixed when the run starts.
     pub rollout: RolloutSpec,
 }
@@ -203,8 +209,14 @@ pub struct ImageJobStatus {
     /// Images removed on all nodes.
     #[serde(default)]
     pub removed: i64,
+    /// Images a dry run would have removed on all nodes.
+    #[serde(default)]
+    pub would_remove: i64,
     #[serde(default)]
     pub bytes_freed: i64,
+    /// Nodes whose pass completed degraded (failed scans or removals).
+    #[serde(default)]
+    pub degraded: i64,
     /// Why the run failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -242,21 +254,11 @@ pub struct NodeResult {
     /// The worker's counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
-    /// Removed images with the policy's reasons (would-remove on a dry run).
+    /// The NodeReports holding every image this node removed, would remove
+    /// or failed to remove, with reasons and sizes (`kubectl get nodereport
+    /// NAME -o yaml`); several when the node had very many.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<ImageEntry>,
-    /// Images whose removal failed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed: Vec<ImageEntry>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-    /// Entries left out to keep the object small; counts stay exact.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub omitted: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+    pub reports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -278,11 +280,72 @@ impl NodePhase {
     }
 }
 
-/// The CRDs, served at v1 (storage) and at Eraser's deprecated v1alpha1.
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// Everything one node's worker did in one run: every image it removed,
+/// would have removed (a dry run) or failed to remove, with the policy's
+/// reason and the image's size. The controller reads it from the worker
+/// pod's log when the pod ends and keeps it, owned by the run's ImageJob,
+/// after the pod is gone. A node with more images than one object holds
+/// has several, numbered by `part`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "scour.dev",
+    version = "v1",
+    kind = "NodeReport",
+    plural = "nodereports",
+    singular = "nodereport",
+    printcolumn = r#"{"name":"Job","type":"string","jsonPath":".spec.job"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".spec.status"}"#,
+    printcolumn = r#"{"name":"Removed","type":"integer","jsonPath":".spec.summary.removed"}"#,
+    printcolumn = r#"{"name":"Would-remove","type":"integer","jsonPath":".spec.summary.wouldRemove"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".spec.summary.failed"}"#,
+    printcolumn = r#"{"name":"Part","type":"string","jsonPath":".spec.partOf"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReportSpec {
+    /// The ImageJob (run).
+    pub job: String,
+    pub node: String,
+    /// `1/1`, or `2/3` for the second of three parts.
+    pub part_of: String,
+    /// The worker's verdict on its pass: ok, degraded or failed.
+    pub status: PassStatus,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The policy's sha256.
+    pub policy: String,
+    /// Every image is listed. False when the worker's log could not be
+    /// read, and only the termination summary's first entries are here;
+    /// `incomplete` says why.
+    pub complete: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
+    /// The worker's counts for the whole node.
+    pub summary: Summary,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ImageEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_remove: Vec<ImageEntry>,
+    /// Removals that failed; the reason is the error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<ImageEntry>,
+    /// What went wrong in the pass (scan failures, failed removals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// The CRDs: ImageList and ImageJob served at v1 (storage) and at Eraser's
+/// deprecated v1alpha1, and scour's NodeReport.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     [ImageList::crd(), ImageJob::crd()]
         .into_iter()
         .map(with_deprecated_version)
+        .chain([NodeReport::crd()])
         .collect()
 }
 

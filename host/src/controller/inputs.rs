@@ -8,6 +8,7 @@
 //! decoded into [`WorkerPod`]: its node, phase, container states and
 //! conditions, nothing else.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,13 +75,18 @@ pub struct Inputs {
     pub system: Store<ConfigMap>,
     pub user: Store<ConfigMap>,
     changed: Arc<Notify>,
+    /// Watches failing now, with their last error.
+    failing: Failing,
     tasks: Vec<JoinHandle<()>>,
 }
+
+type Failing = Arc<std::sync::Mutex<BTreeMap<&'static str, String>>>;
 
 impl Inputs {
     /// Starts the watches. They run until this is dropped.
     pub fn watch(client: &Client, opts: &Options) -> Self {
         let changed = Arc::new(Notify::new());
+        let failing = Failing::default();
         let mut tasks = Vec::new();
         let ns = opts.namespace.as_str();
         let managed = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
@@ -89,6 +95,7 @@ impl Inputs {
         let mut watch = Watch {
             tasks: &mut tasks,
             changed: &changed,
+            failing: &failing,
         };
         let lists = watch.start(
             "ImageLists",
@@ -152,8 +159,19 @@ impl Inputs {
             system,
             user,
             changed,
+            failing,
             tasks,
         }
+    }
+
+    /// "watching X failed: why" for each watch failing now.
+    pub fn failing(&self) -> Vec<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(what, e)| format!("watching {what} failed: {e}"))
+            .collect()
     }
 
     /// Waits until every store holds its first complete list.
@@ -191,6 +209,7 @@ impl Drop for Inputs {
 struct Watch<'a> {
     tasks: &'a mut Vec<JoinHandle<()>>,
     changed: &'a Arc<Notify>,
+    failing: &'a Failing,
 }
 
 impl Watch<'_> {
@@ -210,24 +229,24 @@ impl Watch<'_> {
         let reader = writer.as_reader();
         let stream = reflector::reflector(writer, watcher(api, config).modify(strip).default_backoff());
         let changed = self.changed.clone();
+        let failing = self.failing.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            let mut failing = false;
             while let Some(event) = stream.next().await {
+                let mut failing = failing.lock().unwrap_or_else(|e| e.into_inner());
                 match event {
                     Ok(_) => {
-                        if failing {
+                        if failing.remove(what).is_some() {
                             tracing::info!("watching {what} again");
                         }
-                        failing = false;
                         changed.notify_one();
                     }
-                    // Retried with backoff; said once, not on every retry.
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!("watching {what} failed, retrying: {e}");
+                    // Retried with backoff; logged once, not on every retry.
+                    Err(e) => {
+                        if failing.insert(what, e.to_string()).is_none() {
+                            tracing::warn!("watching {what} failed, retrying: {e}");
+                        }
                     }
-                    Err(_) => {}
                 }
             }
         }));

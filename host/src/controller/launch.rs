@@ -75,6 +75,7 @@ impl Reconciler {
             images: list.map(|l| l.spec.images.clone()).unwrap_or_default(),
             policy_sha256: loaded.config.scour.policy.sha256.clone(),
             worker_image: prepared.worker_image.clone().unwrap_or_default(),
+            dry_run: loaded.dry_run(),
             rollout: RolloutSpec {
                 max_concurrency: loaded.max_concurrency().of(selected) as i64,
                 pending_timeout_seconds: secs(loaded.pending_timeout()),
@@ -95,18 +96,12 @@ impl Reconciler {
             Err(e) => return Err(e.into()),
         };
         self.wrote(&job.name_any(), None);
-        self.launch(job, prepared, list, now).await
+        self.launch(job, prepared, now).await
     }
 
     /// Sets up a created ImageJob's status: every node queued or skipped,
     /// or, when the plan failed, the whole run failed closed.
-    pub(super) async fn launch(
-        &mut self,
-        job: ImageJob,
-        prepared: Prepared,
-        list: Option<&ImageList>,
-        now: Timestamp,
-    ) -> Result<Started> {
+    pub(super) async fn launch(&mut self, job: ImageJob, prepared: Prepared, now: Timestamp) -> Result<Started> {
         let name = job.name_any();
         let Prepared { candidates, plan, .. } = prepared;
         let mut status = ImageJobStatus {
@@ -133,7 +128,8 @@ impl Reconciler {
             Ok(plan) => {
                 self.plans.insert(name.clone(), plan);
                 let message = format!(
-                    "{} run started: {selected} nodes selected, {} skipped, at most {} at once",
+                    "{}{} run started: {selected} nodes selected, {} skipped, at most {} at once",
+                    if job.spec.dry_run { "dry " } else { "" },
                     job.spec.trigger.as_str(),
                     candidates.len() - selected,
                     job.spec.rollout.max_concurrency
@@ -147,9 +143,6 @@ impl Reconciler {
                     note: message,
                 };
                 self.events.publish(event, now).await;
-                if let Some(list) = list {
-                    self.list_started(list, &job, now).await;
-                }
             }
             Err(e) => {
                 // Reported when the run finishes, which is at once.
@@ -270,11 +263,37 @@ impl Reconciler {
             tracing::warn!(job = %job.name_any(), "queued nodes wait: the config is invalid");
             return Ok(());
         };
+        let problem = format!("queued-nodes-wait:{}", job.name_any());
         match self.prepare(loaded, now).await?.plan {
-            Ok(plan) => {
+            Ok(mut plan) => {
+                // The run's worker image and policy pin, not today's.
+                if !job.spec.worker_image.is_empty() {
+                    plan.template.image = job.spec.worker_image.clone();
+                }
+                if let (
+                    pods::PolicyMount::ConfigMap { sha256, .. } | pods::PolicyMount::Path { sha256, .. },
+                    Some(pin),
+                ) = (&mut plan.template.policy, &job.spec.policy_sha256)
+                {
+                    *sha256 = pin.clone();
+                }
+                self.events.clear(&problem);
                 self.plans.insert(job.name_any(), plan);
             }
-            Err(e) => tracing::warn!(job = %job.name_any(), "queued nodes wait: {e}"),
+            Err(e) => {
+                let note = format!("queued nodes wait, and start once this is fixed: {e}");
+                if self.events.stand(&problem) {
+                    tracing::warn!(job = %job.name_any(), "{note}");
+                    let event = Event {
+                        regarding: job.object_ref(&()),
+                        warning: true,
+                        reason: "QueuedNodesWait",
+                        action: "LaunchNodes",
+                        note,
+                    };
+                    self.events.publish(event, now).await;
+                }
+            }
         }
         Ok(())
     }

@@ -20,6 +20,11 @@ pub struct Elector {
     /// The Lease as our last write left it: a leader renews it with one
     /// request, and a 409 says someone else wrote it since.
     ours: Option<Lease>,
+    /// Another holder's record (holder, renewTime) as last seen, and when
+    /// this replica first saw it: expiry is timed from that moment on this
+    /// replica's clock, not from the other replica's renewTime, so clocks
+    /// that disagree cannot hand the Lease over early.
+    observed: Option<(Option<String>, Option<MicroTime>, Timestamp)>,
 }
 
 impl Elector {
@@ -31,6 +36,7 @@ impl Elector {
             duration,
             leading: false,
             ours: None,
+            observed: None,
         }
     }
 
@@ -59,7 +65,7 @@ impl Elector {
         self.leading.then(|| super::clock::add(renewed, self.duration))
     }
 
-    async fn attempt(&self, current: Option<Lease>, now: Timestamp) -> kube::Result<Option<Lease>> {
+    async fn attempt(&mut self, current: Option<Lease>, now: Timestamp) -> kube::Result<Option<Lease>> {
         let spec = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
@@ -84,7 +90,7 @@ impl Elector {
             Some(mut lease) => {
                 let old = lease.spec.clone().unwrap_or_default();
                 let ours = old.holder_identity.as_deref() == Some(self.identity.as_str());
-                if !ours && !expired(&old, now) {
+                if !ours && !self.expired(&old, now) {
                     return Ok(None);
                 }
                 let transitions = old.lease_transitions.unwrap_or(0).saturating_add(i32::from(!ours));
@@ -158,13 +164,23 @@ impl Elector {
     }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return true;
-    };
-    if spec.holder_identity.as_deref().unwrap_or("").is_empty() {
-        return true;
+impl Elector {
+    /// Whether another holder's Lease has gone unrenewed for its whole
+    /// duration since this replica saw its latest renewal. A released
+    /// Lease (no holder) is free at once.
+    fn expired(&mut self, spec: &LeaseSpec, now: Timestamp) -> bool {
+        if spec.holder_identity.as_deref().unwrap_or("").is_empty() {
+            return true;
+        }
+        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let seen_at = match &self.observed {
+            Some((holder, renewed, at)) if (holder, renewed) == (&record.0, &record.1) => *at,
+            _ => {
+                self.observed = Some((record.0, record.1, now));
+                now
+            }
+        };
+        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
+        now.as_second() - seen_at.as_second() >= duration
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
-    now.as_second() - renewed.0.as_second() >= duration
 }

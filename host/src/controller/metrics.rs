@@ -27,6 +27,8 @@ struct Inner {
     duration_sum: f64,
     leader: bool,
     config_valid: bool,
+    watches_failing: usize,
+    nodes_degraded: BTreeMap<String, u64>,
 }
 
 /// One finished run, as the metrics see it.
@@ -34,8 +36,17 @@ pub struct RunOutcome<'a> {
     pub succeeded: u64,
     pub failed: u64,
     pub duration_seconds: f64,
-    /// (node, images removed, images the policy flagged as non-compliant).
-    pub nodes: Vec<(&'a str, u64, u64)>,
+    pub nodes: Vec<NodeOutcome<'a>>,
+}
+
+/// What one node's worker reported.
+pub struct NodeOutcome<'a> {
+    pub node: &'a str,
+    pub removed: u64,
+    /// Images its scans found vulnerable.
+    pub vulnerable: u64,
+    /// Its pass completed degraded.
+    pub degraded: bool,
 }
 
 impl Metrics {
@@ -44,9 +55,12 @@ impl Metrics {
         m.imagejob_run_total += 1;
         m.pods_completed_run_total += run.succeeded;
         m.pods_failed_run_total += run.failed;
-        for (node, removed, flagged) in &run.nodes {
-            *m.images_removed.entry((*node).to_owned()).or_default() += removed;
-            *m.vulnerable_images.entry((*node).to_owned()).or_default() += flagged;
+        for n in &run.nodes {
+            *m.images_removed.entry(n.node.to_owned()).or_default() += n.removed;
+            *m.vulnerable_images.entry(n.node.to_owned()).or_default() += n.vulnerable;
+            if n.degraded {
+                *m.nodes_degraded.entry(n.node.to_owned()).or_default() += 1;
+            }
         }
         for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
             if run.duration_seconds <= *bound {
@@ -63,6 +77,10 @@ impl Metrics {
 
     pub fn set_config_valid(&self, valid: bool) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).config_valid = valid;
+    }
+
+    pub fn set_watches_failing(&self, failing: usize) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).watches_failing = failing;
     }
 
     pub fn render(&self) -> String {
@@ -97,8 +115,13 @@ impl Metrics {
             ),
             (
                 "vulnerable_images_run_total",
-                "Images the policy found non-compliant in automatic runs, by node.",
+                "Images found vulnerable by the scans, by node.",
                 &m.vulnerable_images,
+            ),
+            (
+                "scour_nodes_degraded_run_total",
+                "Runs in which a node's pass completed degraded (failed scans or removals), by node.",
+                &m.nodes_degraded,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -130,6 +153,12 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", u8::from(v));
         }
+        let name = "scour_controller_watches_failing";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Watches of the leader failing now (the reconcile works from stale data).\n# TYPE {name} gauge\n{name} {}",
+            m.watches_failing
+        );
         out
     }
 }
@@ -149,7 +178,20 @@ mod tests {
             succeeded: 2,
             failed: 1,
             duration_seconds: 45.0,
-            nodes: vec![("node-a", 3, 4), ("node-b", 0, 0)],
+            nodes: vec![
+                NodeOutcome {
+                    node: "node-a",
+                    removed: 3,
+                    vulnerable: 4,
+                    degraded: true,
+                },
+                NodeOutcome {
+                    node: "node-b",
+                    removed: 0,
+                    vulnerable: 0,
+                    degraded: false,
+                },
+            ],
         });
         let text = m.render();
         for line in [
@@ -158,6 +200,7 @@ mod tests {
             "pods_failed_run_total 1",
             "images_removed_run_total{node_name=\"node-a\"} 3",
             "vulnerable_images_run_total{node_name=\"node-a\"} 4",
+            "scour_nodes_degraded_run_total{node_name=\"node-a\"} 1",
             "imagejob_duration_run_seconds_bucket{le=\"30\"} 0",
             "imagejob_duration_run_seconds_bucket{le=\"60\"} 1",
             "imagejob_duration_run_seconds_count 1",

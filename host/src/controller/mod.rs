@@ -29,6 +29,7 @@ pub mod metrics;
 mod nodes;
 pub mod pods;
 mod reconcile;
+mod results;
 mod rollout;
 mod schedule;
 pub mod serve;
@@ -136,6 +137,9 @@ pub struct Progress {
 /// Retries after a failed reconcile (API errors), doubling up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_CAP: Duration = Duration::from_secs(30);
+/// How long a new leader waits for its watches before it says which one
+/// keeps it from reconciling.
+const WATCH_PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct Controller {
     client: Client,
@@ -218,41 +222,97 @@ impl Controller {
         elector.release().await;
     }
 
-    /// One leadership term: watch, reconcile on every change and when
-    /// something falls due, renew the Lease; return when it is lost or on
+    /// One leadership term: reconcile on every change and when something
+    /// falls due, while the Lease is renewed alongside, so a long reconcile
+    /// (thousands of pods to create) never lets it lapse. Returns when the
+    /// Lease is lost, dropping whatever the reconcile was doing, or on
     /// `cancel`.
     async fn lead(&self, elector: &mut Elector, period: Duration, cancel: &CancellationToken) {
         let mut reconciler = Reconciler::new(self.client.clone(), self.opts.clone(), self.metrics.clone());
+        tokio::select! {
+            () = self.renew(elector, period) => {}
+            () = self.serve(&mut reconciler, cancel) => {}
+        }
+    }
+
+    /// Renews the Lease every `period`; returns once it is lost, or once a
+    /// failed renewal leaves too little of it to be sure.
+    async fn renew(&self, elector: &mut Elector, period: Duration) {
         let mut renew_at = clock::add(self.clock.now(), period);
-        // Nothing is reconciled before every store holds its first list;
-        // the Lease is renewed meanwhile.
+        loop {
+            self.clock.sleep_until(renew_at).await;
+            let now = self.clock.now();
+            match elector.try_lead(now).await {
+                Ok(true) => renew_at = clock::add(now, period),
+                Ok(false) => {
+                    tracing::warn!("lost the Lease to another replica; standing by");
+                    return;
+                }
+                // Our last renewal still holds the Lease for a while: try
+                // again soon rather than give up the term.
+                Err(e) if elector.valid_until().is_some_and(|t| clock::add(now, period) < t) => {
+                    tracing::warn!("renewing the Lease failed, trying again: {e}");
+                    renew_at = clock::add(now, period / 4);
+                }
+                Err(e) => {
+                    // Unsure whether we still lead: stop acting until we know.
+                    tracing::warn!("renewing the Lease failed, standing by: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reconciles once every store holds its first list, then on every
+    /// change (debounced), when something falls due, and after a failure
+    /// (with backoff, in real time). Runs until cancelled.
+    async fn serve(&self, reconciler: &mut Reconciler, cancel: &CancellationToken) {
         let mut ready = false;
         let mut due = false;
         let mut wake: Option<Timestamp> = None;
-        let mut retry: Option<Duration> = None;
+        // Real-time deadlines: a retry after a failure, a recheck the
+        // reconcile asked for, a look at failing watches.
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut backoff = RETRY_FIRST;
         loop {
             if ready && due {
                 due = false;
                 reconciler.inputs.drain();
                 let now = self.clock.now();
                 let outcome = reconciler.reconcile(now).await;
+                let recheck = reconciler.recheck_after();
                 match &outcome {
                     Ok((_, next)) => {
                         wake = *next;
-                        retry = None;
+                        backoff = RETRY_FIRST;
+                        retry_at = recheck.map(|d| tokio::time::Instant::now() + d);
                     }
                     Err(e) => {
                         tracing::error!("{e}");
-                        let r = retry.map_or(RETRY_FIRST, |r| (r * 2).min(RETRY_CAP));
-                        retry = Some(r);
+                        // What was due is retried with the backoff, not at once.
+                        wake = wake.filter(|w| *w > now);
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(RETRY_CAP);
                     }
                 }
-                self.publish(now, outcome.map(|(tick, _)| tick).map_err(|e| e.to_string()));
+                let failing = reconciler.inputs.failing();
+                self.metrics.set_watches_failing(failing.len());
+                let outcome = match (outcome, failing.is_empty()) {
+                    (Ok((tick, _)), true) => Ok(tick),
+                    (Ok(_), false) => Err(failing.join("; ")),
+                    (Err(e), _) => Err(e.to_string()),
+                };
+                self.publish(now, outcome);
             }
-            let deadline = wake.map_or(renew_at, |w| w.min(renew_at));
+            let wake_sleep = async {
+                match wake {
+                    Some(w) => self.clock.sleep_until(w).await,
+                    None => std::future::pending().await,
+                }
+            };
             let retry_sleep = async {
-                match retry {
-                    Some(r) => tokio::time::sleep(r).await,
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -261,39 +321,30 @@ impl Controller {
                     ready = true;
                     due = true;
                 }
+                // Not ready yet: say which watch keeps it so.
+                _ = tokio::time::sleep(WATCH_PATIENCE), if !ready => {
+                    let failing = reconciler.inputs.failing();
+                    self.metrics.set_watches_failing(failing.len());
+                    let why = if failing.is_empty() {
+                        "the watches have not listed everything yet".to_owned()
+                    } else {
+                        failing.join("; ")
+                    };
+                    tracing::warn!("not reconciling yet: {why}");
+                    self.publish(self.clock.now(), Err(format!("not reconciling yet: {why}")));
+                }
                 _ = reconciler.inputs.changed(), if ready => {
                     // Let a burst of changes (a page of pods finishing) settle
                     // into one reconcile.
                     tokio::time::sleep(self.opts.debounce).await;
                     due = true;
                 }
-                _ = self.clock.sleep_until(deadline) => {}
-                _ = retry_sleep => due = true,
-                _ = cancel.cancelled() => return,
-            }
-            let now = self.clock.now();
-            if wake.is_some_and(|w| now >= w) {
-                due = true;
-            }
-            if now >= renew_at {
-                match elector.try_lead(now).await {
-                    Ok(true) => renew_at = clock::add(now, period),
-                    Ok(false) => {
-                        tracing::warn!("lost the Lease to another replica; standing by");
-                        return;
-                    }
-                    // Our last renewal still holds the Lease for a while:
-                    // try again soon rather than give up the watches.
-                    Err(e) if elector.valid_until().is_some_and(|t| clock::add(now, period) < t) => {
-                        tracing::warn!("renewing the Lease failed, trying again: {e}");
-                        renew_at = clock::add(now, period / 4);
-                    }
-                    Err(e) => {
-                        // Unsure whether we still lead: stop acting until we know.
-                        tracing::warn!("renewing the Lease failed, standing by: {e}");
-                        return;
-                    }
+                _ = wake_sleep => due = true,
+                _ = retry_sleep => {
+                    retry_at = None;
+                    due = true;
                 }
+                _ = cancel.cancelled() => return,
             }
         }
     }

@@ -170,6 +170,9 @@ impl WorkerTemplate {
             format!("--trivy-cache-dir={STATE_DIR}/trivy"),
             "--output=json".into(),
         ];
+        if job.spec.dry_run {
+            args.push("--dry-run".into());
+        }
         let mut volumes = vec![
             host_path("cri-socket", &self.runtime_socket, "Socket"),
             host_path("state", &self.node_state_dir, "DirectoryOrCreate"),

@@ -98,11 +98,27 @@ impl Reconciler {
             (Active::None, Ok(loaded)) => self.maybe_start(loaded, now).await?,
             (Active::None, Err(message)) => Tick::InvalidConfig(message.clone()),
         };
+        // A spec of the ImageList that no run has taken up yet waits for the
+        // run in flight.
+        let waiting_for = match &tick {
+            Tick::Running(name) => Some(name.as_str()),
+            _ => None,
+        };
+        self.sync_list_status(waiting_for, now).await;
         self.clean_up(now).await?;
         if !matches!(tick, Tick::Idle | Tick::InvalidConfig(_)) {
             crate::memory::release_free_memory();
         }
         Ok((tick, self.wake))
+    }
+
+    /// When to look again, in real time, whatever else happens: while an
+    /// ImageJob's write is pending, the moment it would be given up on.
+    pub fn recheck_after(&self) -> Option<Duration> {
+        self.pending
+            .values()
+            .map(|p| PENDING_KEPT.saturating_sub(p.at.elapsed()) + Duration::from_millis(10))
+            .min()
     }
 
     /// Something falls due at `t`: the loop wakes then.
@@ -114,7 +130,7 @@ impl Reconciler {
     /// once (event, metric, log) until it is fixed, and again if it breaks
     /// again.
     async fn config(&mut self, now: Timestamp) -> std::result::Result<Loaded, String> {
-        const PROBLEM: &str = "invalid-config";
+        const PROBLEM: &str = "invalid-config:";
         let name = self.opts.config_map.clone();
         let cm = self
             .inputs
@@ -126,13 +142,13 @@ impl Reconciler {
             None => Err(format!("not found; the chart creates it, with key {CONFIG_KEY}")),
             Some(cm) => match cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)) {
                 None => Err(format!("no key {CONFIG_KEY}")),
-                Some(text) => Loaded::parse(text),
+                Some(text) => Loaded::parse(text).map_err(|e| e.to_string()),
             },
         };
         match loaded {
             Ok(loaded) => {
                 self.metrics.set_config_valid(true);
-                self.events.clear(PROBLEM);
+                self.events.clear_except(PROBLEM, &HashSet::new());
                 // Warnings (ignored keys) are logged once while they stand.
                 let warnings: HashSet<String> = loaded.warnings.iter().map(|w| format!("config-warning:{w}")).collect();
                 self.events.clear_except("config-warning:", &warnings);
@@ -157,7 +173,10 @@ impl Reconciler {
                     action: "LoadConfig",
                     note: message.clone(),
                 };
-                if self.events.stand(PROBLEM) {
+                // A different error is a new problem, reported too.
+                let problem = format!("{PROBLEM}{message}");
+                self.events.clear_except(PROBLEM, &HashSet::from([problem.clone()]));
+                if self.events.stand(&problem) {
                     tracing::error!("invalid config, no run starts until it is fixed: {message}");
                     self.events.publish(event, now).await;
                 }

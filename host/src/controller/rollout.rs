@@ -10,12 +10,13 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use super::api::delete_if_present;
 use super::clock::add_secs;
 use super::crd::{ImageJob, ImageJobStatus, NodePhase, NodeResult};
 use super::error::{Result, api_code};
+use super::events::Event;
 use super::inputs::WorkerPod;
 use super::launch::Prepared;
 use super::pods::{CONTAINER, pod_name};
@@ -36,8 +37,7 @@ impl Reconciler {
                 )));
             };
             let prepared: Prepared = self.prepare(loaded, now).await?;
-            let list = self.list_of(job);
-            self.launch(job.clone(), prepared, list.as_ref(), now).await?;
+            self.launch(job.clone(), prepared, now).await?;
             return Ok(Tick::Started(name));
         };
         // Every change to a node changes its phase.
@@ -46,6 +46,7 @@ impl Reconciler {
         let pod_list = self.inputs.pods.state();
         let pods = pod_views(&pod_list, &name);
         let rollout = job.spec.rollout.clone();
+        let mut collected = 0;
         for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Running) {
             let Some(pod) = pods.get(n.name.as_str()) else {
                 // The store may lag behind a pod just created: ask before
@@ -58,9 +59,26 @@ impl Reconciler {
                 continue;
             };
             match pod.phase {
+                // A bounded number per reconcile, so that a burst of nodes
+                // finishing shows in the status as it goes.
+                Some("Succeeded" | "Failed") if collected >= COLLECT_PER_RECONCILE => self.wake_at(now),
                 Some("Succeeded" | "Failed") => {
-                    absorb(n, pod);
+                    collected += 1;
+                    let summary = absorb(n, pod);
+                    n.reports = self.keep_results(job, &n.name, pod.name, summary.as_ref()).await?;
                     n.finished = Some(Time(now));
+                    if n.status == Some(PassStatus::Degraded) {
+                        let note = format!("node {}: {}", n.name, n.message.as_deref().unwrap_or("degraded"));
+                        tracing::warn!(job = %name, "{note}");
+                        let event = Event {
+                            regarding: job.object_ref(&()),
+                            warning: true,
+                            reason: "NodeDegraded",
+                            action: "CollectNode",
+                            note,
+                        };
+                        self.events.publish(event, now).await;
+                    }
                 }
                 _ if pod.deleting => {
                     fail(
@@ -171,7 +189,9 @@ impl Reconciler {
                 Ok(_) => {}
                 // Created before a restart: the same name, the same pod.
                 Err(e) if api_code(&e) == Some(409) => {}
-                Err(e) if matches!(api_code(&e), Some(400..=499)) && api_code(&e) != Some(429) => {
+                // Refused (a quota, an admission plugin): this node fails.
+                // 401 (a token being rotated) and 429 are retried.
+                Err(e) if matches!(api_code(&e), Some(400..=499)) && !matches!(api_code(&e), Some(401 | 429)) => {
                     fail(n, now, format!("could not create the worker pod: {e}"));
                     continue;
                 }
@@ -201,6 +221,9 @@ fn pod_views<'a>(pods: &'a [Arc<WorkerPod>], job: &str) -> HashMap<&'a str, PodV
         .filter_map(|p| PodView::of(p))
         .collect()
 }
+
+/// Finished pods whose results one reconcile reads and keeps at most.
+const COLLECT_PER_RECONCILE: usize = 50;
 
 fn fail(n: &mut NodeResult, now: Timestamp, message: String) {
     n.phase = NodePhase::Failed;
@@ -261,7 +284,8 @@ impl<'a> PodView<'a> {
 }
 
 /// A finished pod's outcome, from its exit and its termination summary.
-fn absorb(n: &mut NodeResult, pod: &PodView<'_>) {
+/// Returns the termination summary, when the pod left one.
+fn absorb(n: &mut NodeResult, pod: &PodView<'_>) -> Option<TerminationSummary> {
     let pod_succeeded = pod.phase == Some("Succeeded");
     let exit = pod.terminated.as_ref().map(|t| t.0);
     let summary = pod
@@ -272,25 +296,30 @@ fn absorb(n: &mut NodeResult, pod: &PodView<'_>) {
         .map(TerminationSummary::parse);
     let mut problem = None;
     let mut pass_failed = false;
-    match summary {
+    let summary = match summary {
         Some(Ok(s)) => {
-            if s.status == PassStatus::Failed {
-                pass_failed = true;
-                problem = Some(format!(
-                    "the worker's pass failed: {}",
-                    s.errors.first().map(String::as_str).unwrap_or("no reason given")
-                ));
+            let first_error = s.errors.first().map(String::as_str).unwrap_or("no reason given");
+            match s.status {
+                PassStatus::Failed => {
+                    pass_failed = true;
+                    problem = Some(format!("the worker's pass failed: {first_error}"));
+                }
+                PassStatus::Degraded => problem = Some(format!("degraded: {first_error}")),
+                PassStatus::Ok => {}
             }
             n.status = Some(s.status);
-            n.summary = Some(s.summary);
-            n.removed = s.removed;
-            n.failed = s.failed;
-            n.errors = s.errors;
-            n.omitted = s.omitted as u64;
+            n.summary = Some(s.summary.clone());
+            Some(s)
         }
-        Some(Err(e)) => problem = Some(e),
-        None => problem = Some("the worker left no termination summary".into()),
-    }
+        Some(Err(e)) => {
+            problem = Some(e);
+            None
+        }
+        None => {
+            problem = Some("the worker left no termination summary".into());
+            None
+        }
+    };
     let ok = pod_succeeded && exit == Some(0) && !pass_failed;
     n.phase = if ok { NodePhase::Succeeded } else { NodePhase::Failed };
     if !ok {
@@ -304,4 +333,5 @@ fn absorb(n: &mut NodeResult, pod: &PodView<'_>) {
     } else if let Some(p) = problem {
         n.message = Some(p);
     }
+    summary
 }

@@ -76,7 +76,10 @@ impl Reconciler {
                         Some(self.start(&name, Trigger::Manual, Some(list), loaded, now).await?)
                     }
                     ("automatic", _) if loaded.automatic_enabled() => {
-                        let name = format!("scour-automatic-{}-r{suffix}", now.strftime("%Y%m%d-%H%M%S"));
+                        // Named from what is kept (the failed inputs) and what
+                        // is read (the new ones): the same after a restart.
+                        let failed: String = old.chars().take(6).collect();
+                        let name = format!("scour-automatic-retry-{failed}-{suffix}");
                         Some(self.start(&name, Trigger::Automatic, None, loaded, now).await?)
                     }
                     _ => None,
@@ -99,7 +102,7 @@ impl Reconciler {
         }
         let interval = loaded.interval().map_err(|message| Error::Config {
             config_map: self.opts.config_map.clone(),
-            message,
+            message: message.to_string(),
         })?;
         let due = match (state.next_run, state.interval) {
             (None, _) if loaded.begin_immediately() => now,
@@ -114,6 +117,12 @@ impl Reconciler {
             self.state.save(&state).await?;
             self.wake_at(due);
             return Ok(Tick::Idle);
+        }
+        // Due: kept before the run exists, so that the run's name (made
+        // from it) is the same if the controller stops in between.
+        if state.next_run != Some(due) {
+            state.next_run = Some(due);
+            self.state.save(&state).await?;
         }
         let name = format!("scour-automatic-{}", due.strftime("%Y%m%d-%H%M%S"));
         let started = self.start(&name, Trigger::Automatic, None, loaded, now).await?;

@@ -12,22 +12,28 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::IMAGELIST_NAME;
-use super::api::{Precondition, apply_status};
+use super::api::apply_status;
 use super::clock::add_secs;
-use super::crd::{ImageJob, ImageJobStatus, ImageList, ImageListStatus, JobPhase, NodePhase, Trigger};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::crd::{ImageJob, ImageJobStatus, ImageList, ImageListStatus, JobPhase, NodePhase, NodeResult};
 use super::error::{Result, api_code};
 use super::events::Event;
 use super::launch::ANNOTATION_IMAGELIST;
-use super::metrics::RunOutcome;
+use super::metrics::{NodeOutcome, RunOutcome};
 use super::reconcile::Reconciler;
 
 /// etcd refuses objects over 1.5 MiB; per-node image lists are trimmed to
 /// keep the ImageJob status under this (counts stay exact).
 const STATUS_BUDGET: usize = 800 * 1024;
+/// Standing-problem key of an ImageList spec waiting for another run.
+const QUEUED: &str = "queued:";
 
 pub const CONDITION_RUNNING: &str = "Running";
 pub const CONDITION_COMPLETE: &str = "Complete";
 pub const CONDITION_FAILED: &str = "Failed";
+pub const CONDITION_DEGRADED: &str = "Degraded";
 
 impl Reconciler {
     /// Writes a run's status as computed from `job`: counts and conditions
@@ -51,8 +57,8 @@ impl Reconciler {
         job_conditions(&mut status, generation, now);
         fit_budget(&mut status);
         let name = job.name_any();
-        let precondition = Precondition::Version(job.metadata.resource_version.as_deref());
-        match apply_status::<ImageJob, _>(&self.client, &name, precondition, &status).await {
+        let version = job.metadata.resource_version.as_deref();
+        match apply_status::<ImageJob, _>(&self.client, &name, version, &status).await {
             Ok(()) => {}
             Err(e) if api_code(&e) == Some(404) => {
                 tracing::info!(job = %name, "the ImageJob was deleted; its run ends");
@@ -78,7 +84,6 @@ impl Reconciler {
     async fn report_finished(&mut self, job: &ImageJob, status: &ImageJobStatus, now: Timestamp) {
         let completed = status.phase == Some(JobPhase::Completed);
         let started = status.start_time.as_ref().map(|t| t.0).unwrap_or(now);
-        let automatic = job.spec.trigger == Trigger::Automatic;
         self.metrics.record_run(&RunOutcome {
             succeeded: count(status.succeeded),
             failed: count(status.failed),
@@ -88,12 +93,12 @@ impl Reconciler {
                 .iter()
                 .filter_map(|n| {
                     let s = n.summary.as_ref()?;
-                    let flagged = if automatic {
-                        s.removed + s.would_remove + s.failed
-                    } else {
-                        0
-                    };
-                    Some((n.name.as_str(), s.removed as u64, flagged as u64))
+                    Some(NodeOutcome {
+                        node: &n.name,
+                        removed: s.removed as u64,
+                        vulnerable: s.vulnerable as u64,
+                        degraded: n.status == Some(crate::report::Status::Degraded),
+                    })
                 })
                 .collect(),
         });
@@ -120,8 +125,15 @@ impl Reconciler {
             note: message.clone(),
         };
         self.events.publish(event, now).await;
-        if job.spec.trigger == Trigger::Manual {
-            self.list_finished(job, status, &message, now).await;
+        if let Some(list) = self.list_of(job) {
+            let event = Event {
+                regarding: list.object_ref(&()),
+                warning: !completed,
+                reason,
+                action: "FinishRun",
+                note: message.clone(),
+            };
+            self.events.publish(event, now).await;
         }
         // Its pods go once its delay has passed.
         if let Some(t) = &status.delete_after {
@@ -144,95 +156,150 @@ impl Reconciler {
             .then(|| (*list).clone())
     }
 
-    /// A manual run started: the ImageList says which run covers which
-    /// generation. Counts and `timestamp` stay those of the last finished
-    /// run, as in Eraser.
-    pub(super) async fn list_started(&mut self, list: &ImageList, job: &ImageJob, now: Timestamp) {
-        let mut status = list.status.clone().unwrap_or_default();
-        status.job = Some(job.name_any());
-        status.phase = Some(JobPhase::Running);
-        status.message = None;
-        status.observed_generation = list.meta().generation;
-        let generation = status.observed_generation;
-        let note = format!("run {} started", job.name_any());
-        set_condition(
-            &mut status.conditions,
-            CONDITION_RUNNING,
-            true,
-            "RunStarted",
-            &note,
-            generation,
-            now,
-        );
-        status.conditions.retain(|c| c.type_ == CONDITION_RUNNING);
-        self.apply_list_status(list, &status).await;
-    }
-
-    async fn list_finished(&mut self, job: &ImageJob, run: &ImageJobStatus, message: &str, now: Timestamp) {
-        let Some(list) = self.list_of(job) else {
+    /// Brings the ImageList's status in line with its runs; called on every
+    /// reconcile, so a status write that did not land (a restart, a lost
+    /// Lease, a conflict) is made by a later one. It shows the run of the
+    /// list's current spec (`job`, `phase`, `observedGeneration`, the
+    /// `Running` condition), or that the spec waits for another run
+    /// (`Running` False, reason `Queued`); and, as in Eraser, the counts
+    /// and `timestamp` of the list's last finished run, with `Complete` or
+    /// `Failed`.
+    pub(super) async fn sync_list_status(&mut self, waiting_for: Option<&str>, now: Timestamp) {
+        let Some(list) = self
+            .inputs
+            .lists
+            .state()
+            .into_iter()
+            .find(|l| l.name_any() == IMAGELIST_NAME && l.metadata.deletion_timestamp.is_none())
+        else {
             return;
         };
-        let completed = run.phase == Some(JobPhase::Completed);
-        let mut status = ImageListStatus {
-            timestamp: Some(Time(now)),
-            success: run.succeeded,
-            failed: run.failed,
-            skipped: run.skipped,
-            job: Some(job.name_any()),
-            phase: run.phase,
-            removed: run.removed,
-            bytes_freed: run.bytes_freed,
-            message: run.message.clone(),
-            observed_generation: list.status.as_ref().and_then(|s| s.observed_generation),
-            conditions: list.status.clone().unwrap_or_default().conditions,
+        let uid = list.uid().unwrap_or_default();
+        let generation = list.meta().generation;
+        // The spec already ran (its records may be pruned since): not queued.
+        let version = super::schedule::list_version(&list);
+        let ran = matches!(self.state.get().await, Ok(s) if s.imagelist.as_deref() == Some(version.as_str()));
+        let waiting_for = waiting_for.filter(|_| !ran);
+        let runs: Vec<Arc<ImageJob>> = self
+            .jobs()
+            .into_iter()
+            .filter(|j| {
+                j.annotations()
+                    .get(ANNOTATION_IMAGELIST)
+                    .is_some_and(|v| v.starts_with(&format!("{uid}/")))
+            })
+            .collect();
+        let run_generation = |j: &ImageJob| {
+            j.annotations()
+                .get(ANNOTATION_IMAGELIST)
+                .and_then(|v| v.rsplit_once('/'))
+                .and_then(|(_, g)| g.parse::<i64>().ok())
         };
-        let generation = status.observed_generation;
-        let reason = if completed { "RunCompleted" } else { "RunFailed" };
-        set_condition(
-            &mut status.conditions,
-            CONDITION_RUNNING,
-            false,
-            reason,
-            message,
-            generation,
-            now,
-        );
-        set_condition(
-            &mut status.conditions,
-            CONDITION_COMPLETE,
-            completed,
-            reason,
-            message,
-            generation,
-            now,
-        );
-        set_condition(
-            &mut status.conditions,
-            CONDITION_FAILED,
-            !completed,
-            reason,
-            message,
-            generation,
-            now,
-        );
-        self.apply_list_status(&list, &status).await;
-        let event = Event {
-            regarding: list.object_ref(&()),
-            warning: !completed,
-            reason,
-            action: "FinishRun",
-            note: message.to_owned(),
+        let newest = |runs: &mut dyn Iterator<Item = &Arc<ImageJob>>| {
+            runs.max_by_key(|j| (run_generation(j), j.metadata.creation_timestamp.clone(), j.name_any()))
+                .cloned()
         };
-        self.events.publish(event, now).await;
+        let current = newest(&mut runs.iter().filter(|j| run_generation(j) == generation));
+        let finished = newest(&mut runs.iter().filter(|j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p != JobPhase::Running)
+        }));
+        let old = list.status.clone().unwrap_or_default();
+        let mut new = old.clone();
+        if let Some(done) = &finished {
+            let run = done.status.clone().unwrap_or_default();
+            let completed = run.phase == Some(JobPhase::Completed);
+            new.timestamp = run.completion_time.clone();
+            new.success = run.succeeded;
+            new.failed = run.failed;
+            new.skipped = run.skipped;
+            new.removed = run.removed;
+            new.would_remove = run.would_remove;
+            new.bytes_freed = run.bytes_freed;
+            new.message = run.message.clone();
+            let note = run.message.clone().unwrap_or_else(|| {
+                format!(
+                    "run {}: {} of {} nodes succeeded",
+                    done.name_any(),
+                    run.succeeded,
+                    run.desired
+                )
+            });
+            let (kind, other, reason) = if completed {
+                (CONDITION_COMPLETE, CONDITION_FAILED, "RunCompleted")
+            } else {
+                (CONDITION_FAILED, CONDITION_COMPLETE, "RunFailed")
+            };
+            let run_generation = run_generation(done);
+            set_condition(&mut new.conditions, kind, true, reason, &note, run_generation, now);
+            new.conditions.retain(|c| c.type_ != other);
+        }
+        match (&current, waiting_for) {
+            (Some(run), _) => {
+                let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or(JobPhase::Running);
+                new.job = Some(run.name_any());
+                new.phase = Some(phase);
+                new.observed_generation = generation;
+                let running = phase == JobPhase::Running;
+                let (reason, note) = if running {
+                    ("RunStarted", format!("run {} is in progress", run.name_any()))
+                } else {
+                    ("RunFinished", format!("run {} finished", run.name_any()))
+                };
+                set_condition(
+                    &mut new.conditions,
+                    CONDITION_RUNNING,
+                    running,
+                    reason,
+                    &note,
+                    generation,
+                    now,
+                );
+            }
+            (None, Some(other)) => {
+                let note = format!("this spec runs once run {other} has finished");
+                // Said once per spec, and again if it waits again later.
+                let problem = format!("{QUEUED}{uid}/{}", generation.unwrap_or_default());
+                if self.events.stand(&problem) {
+                    let event = Event {
+                        regarding: list.object_ref(&()),
+                        warning: false,
+                        reason: "Queued",
+                        action: "WaitForRun",
+                        note: note.clone(),
+                    };
+                    self.events.publish(event, now).await;
+                }
+                set_condition(
+                    &mut new.conditions,
+                    CONDITION_RUNNING,
+                    false,
+                    "Queued",
+                    &note,
+                    generation,
+                    now,
+                );
+            }
+            (None, None) => {}
+        }
+        if waiting_for.is_none() {
+            self.events.clear_except(QUEUED, &HashSet::new());
+        }
+        if new != old {
+            self.apply_list_status(&list, &new).await;
+        }
     }
 
-    /// Server-side apply of the ImageList's status; the uid keeps it off a
-    /// list deleted and re-created since. Failures are logged: the run's
-    /// record is the ImageJob.
+    /// Server-side apply of the ImageList's status, made over the version
+    /// it was computed from (a 409 otherwise, and the next reconcile works
+    /// from the newer one). Failures are logged: the run's record is the
+    /// ImageJob.
     async fn apply_list_status(&mut self, list: &ImageList, status: &ImageListStatus) {
         let name = list.name_any();
-        let precondition = Precondition::Uid(list.metadata.uid.as_deref());
-        if let Err(e) = apply_status::<ImageList, _>(&self.client, &name, precondition, status).await {
+        let version = list.metadata.resource_version.as_deref();
+        if let Err(e) = apply_status::<ImageList, _>(&self.client, &name, version, status).await {
             tracing::warn!(imagelist = %list.name_any(), "writing the ImageList status failed: {e}");
         }
     }
@@ -252,6 +319,12 @@ pub fn tally(status: &mut ImageJobStatus) {
     status.skipped = count(NodePhase::Skipped);
     let summaries = || status.nodes.iter().filter_map(|n| n.summary.as_ref());
     status.removed = summaries().map(|s| s.removed as i64).sum();
+    status.would_remove = summaries().map(|s| s.would_remove as i64).sum();
+    status.degraded = status
+        .nodes
+        .iter()
+        .filter(|n| n.status == Some(crate::report::Status::Degraded))
+        .count() as i64;
     status.bytes_freed = summaries()
         .map(|s| i64::try_from(s.bytes_freed).unwrap_or(i64::MAX))
         .fold(0, i64::saturating_add);
@@ -288,8 +361,36 @@ fn finish(job: &ImageJob, status: &mut ImageJobStatus, now: Timestamp) {
     status.delete_after = Some(Time(add_secs(now, delay)));
 }
 
-/// `Running` while nodes remain; `Complete` or `Failed` once finished.
+/// `Running` while nodes remain; `Complete` or `Failed` once finished;
+/// `Degraded` while a node's pass completed degraded.
 fn job_conditions(status: &mut ImageJobStatus, generation: Option<i64>, now: Timestamp) {
+    let degraded: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| n.status == Some(crate::report::Status::Degraded))
+        .map(|n| format!("{}: {}", n.name, n.message.as_deref().unwrap_or("degraded")))
+        .collect();
+    if degraded.is_empty() {
+        status.conditions.retain(|c| c.type_ != CONDITION_DEGRADED);
+    } else {
+        let shown: Vec<&str> = degraded.iter().take(5).map(String::as_str).collect();
+        let note = format!(
+            "{} of {} nodes degraded (scans or removals failed): {}{}",
+            degraded.len(),
+            status.nodes.len(),
+            shown.join("; "),
+            if degraded.len() > shown.len() { "; …" } else { "" }
+        );
+        set_condition(
+            &mut status.conditions,
+            CONDITION_DEGRADED,
+            true,
+            "NodesDegraded",
+            &note,
+            generation,
+            now,
+        );
+    }
     let done = status.nodes.iter().filter(|n| n.phase.is_done()).count();
     match status.phase {
         Some(JobPhase::Running) | None => {
@@ -367,33 +468,33 @@ pub fn set_condition(
     }
 }
 
-/// Trims per-node image lists (never the counts) until the status fits.
+/// Thins the per-node entries of a very big cluster's run until the
+/// status fits: first the counts of nodes that succeeded (their NodeReports
+/// and the run's totals keep them), then pod and report names (found by the
+/// label `scour.dev/job`), then start and finish times. Names, phases and
+/// messages stay.
 fn fit_budget(status: &mut ImageJobStatus) {
     let size = |s: &ImageJobStatus| serde_json::to_vec(s).map(|v| v.len()).unwrap_or(0);
-    if size(status) <= STATUS_BUDGET {
-        return;
-    }
-    let nodes = status.nodes.len().max(1);
-    // About 150 bytes per entry; what is left per node after its counts.
-    let per_node = (STATUS_BUDGET / nodes).saturating_sub(600) / 150;
-    for n in &mut status.nodes {
-        for list in [&mut n.removed, &mut n.failed] {
-            if list.len() > per_node {
-                n.omitted += (list.len() - per_node) as u64;
-                list.truncate(per_node);
+    let steps: [fn(&mut NodeResult); 3] = [
+        |n| {
+            if n.phase == NodePhase::Succeeded && n.status == Some(crate::report::Status::Ok) {
+                n.summary = None;
             }
+        },
+        |n| {
+            n.pod = None;
+            n.reports.clear();
+        },
+        |n| {
+            n.started = None;
+            n.finished = None;
+        },
+    ];
+    for step in steps {
+        if size(status) <= STATUS_BUDGET {
+            return;
         }
-        if n.errors.len() > 2 {
-            n.omitted += (n.errors.len() - 2) as u64;
-            n.errors.truncate(2);
-        }
-    }
-    if size(status) > STATUS_BUDGET {
-        for n in &mut status.nodes {
-            n.omitted += (n.removed.len() + n.failed.len()) as u64;
-            n.removed.clear();
-            n.failed.clear();
-        }
+        status.nodes.iter_mut().for_each(step);
     }
 }
 
@@ -401,36 +502,87 @@ fn fit_budget(status: &mut ImageJobStatus) {
 mod tests {
     use super::*;
     use crate::controller::crd::NodeResult;
-    use crate::report::{ImageEntry, Summary};
+    use crate::report::Summary;
 
     #[test]
-    fn a_huge_status_is_trimmed_but_keeps_its_counts() {
-        let entry = ImageEntry {
-            id: "0123456789ab".into(),
-            image: "registry.example.com/team/app:1.2.3".into(),
-            reason: "vulnerable: 2 HIGH, 1 CRITICAL".into(),
-        };
+    fn a_very_big_cluster_keeps_every_node_and_the_totals_within_the_budget() {
+        let t: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
         let mut status = ImageJobStatus {
-            nodes: (0..2000)
+            nodes: (0..5000)
                 .map(|i| NodeResult {
-                    phase: NodePhase::Succeeded,
+                    name: format!("aks-nodepool1-12345678-vmss{i:06}"),
+                    phase: if i == 7 {
+                        NodePhase::Failed
+                    } else {
+                        NodePhase::Succeeded
+                    },
+                    pod: Some(format!("scour-automatic-20261123-100000-aks-nodepool1-{i:06}-0a1b2c3d")),
+                    started: Some(Time(t)),
+                    finished: Some(Time(t)),
+                    message: (i == 7).then(|| "exit 1 (Error): the worker's pass failed".to_owned()),
+                    status: Some(crate::report::Status::Ok),
                     summary: Some(Summary {
                         removed: 40,
                         ..Default::default()
                     }),
-                    removed: vec![entry.clone(); 40],
-                    name: format!("node-{i}"),
-                    ..Default::default()
+                    reports: vec![format!(
+                        "scour-automatic-20261123-100000-aks-nodepool1-{i:06}-0a1b2c3d-1"
+                    )],
                 })
                 .collect(),
             ..Default::default()
         };
+        tally(&mut status);
         fit_budget(&mut status);
         let size = serde_json::to_vec(&status).unwrap().len();
         assert!(size <= STATUS_BUDGET, "{size} bytes");
-        let n = &status.nodes[0];
-        assert_eq!(n.summary.as_ref().unwrap().removed, 40);
-        assert_eq!(n.removed.len() as u64 + n.omitted, 40);
+        assert_eq!(status.nodes.len(), 5000);
+        assert_eq!(status.removed, 200_000, "the totals were counted before");
+        let failed = &status.nodes[7];
+        assert_eq!(failed.phase, NodePhase::Failed);
+        assert!(failed.message.is_some(), "why a node failed is kept");
+    }
+
+    /// 1 000 nodes removing 5 000 images each: the ImageJob keeps every
+    /// node whole (counts, pod, NodeReport names); the images are in the
+    /// NodeReports (`results::tests` fits one node's 5 000 in parts).
+    #[test]
+    fn a_thousand_node_run_keeps_every_node_whole() {
+        let t: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let pod = |i: usize| format!("scour-automatic-20261123-100000-aks-nodepool1-{i:06}-0a1b2c3d");
+        let mut status = ImageJobStatus {
+            nodes: (0..1000)
+                .map(|i| NodeResult {
+                    name: format!("aks-nodepool1-12345678-vmss{i:06}"),
+                    phase: NodePhase::Succeeded,
+                    pod: Some(pod(i)),
+                    started: Some(Time(t)),
+                    finished: Some(Time(t)),
+                    message: None,
+                    status: Some(crate::report::Status::Ok),
+                    summary: Some(Summary {
+                        images: 6000,
+                        selected: 5500,
+                        scanned: 5500,
+                        trivy_runs: 5500,
+                        kept: 1000,
+                        vulnerable: 5000,
+                        removed: 5000,
+                        bytes_freed: 5000 * 300_000_000,
+                        ..Default::default()
+                    }),
+                    reports: (1..=3).map(|p| format!("{}-{p}", pod(i))).collect(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        tally(&mut status);
+        let before = status.nodes.clone();
+        fit_budget(&mut status);
+        let size = serde_json::to_vec(&status).unwrap().len();
+        assert!(size <= STATUS_BUDGET, "{size} bytes");
+        assert_eq!(status.nodes, before, "nothing thinned at 1 000 nodes ({size} bytes)");
+        assert_eq!(status.removed, 5_000_000);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub struct CriContainer {
 }
 
 /// What the runtime says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeInfo {
     pub runtime_name: String,

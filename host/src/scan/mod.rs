@@ -12,7 +12,7 @@ pub mod trivy;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use scour_policy_sdk::{Image, ScanOutcome};
+use scour_policy_sdk::{Image, ScanOutcome, Severity};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +31,39 @@ pub struct ScanOptions {
     pub concurrency: usize,
 }
 
+/// Which scanned images count as vulnerable, for the report and metrics:
+/// a finding at one of `severities` (only fixable ones with `fixable_only`),
+/// the config's `vulnerabilities.severities` and `ignoreUnfixed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vulnerable {
+    pub severities: Vec<Severity>,
+    pub fixable_only: bool,
+}
+
+impl Default for Vulnerable {
+    /// Eraser's defaults: every known severity, fixed or not.
+    fn default() -> Self {
+        Self {
+            severities: vec![Severity::Low, Severity::Medium, Severity::High, Severity::Critical],
+            fixable_only: false,
+        }
+    }
+}
+
+impl Vulnerable {
+    pub fn matches(&self, outcome: &ScanOutcome) -> bool {
+        let ScanOutcome::Scanned(report) = outcome else {
+            return false;
+        };
+        self.severities.iter().any(|&s| {
+            let c = report.summary.get(s);
+            if self.fixable_only { c.fixable > 0 } else { c.total > 0 }
+        })
+    }
+}
+
 /// One cause of failure and how many images it hit.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureGroup {
     pub reason: String,

@@ -19,8 +19,8 @@ use crate::exclusions::ExclusionList;
 use crate::guard::Guard;
 use crate::policy::{LoadedPolicy, PolicyHandle};
 use crate::remove::{self, Outcome};
-use crate::report::{ImageAction, ImageResult, PassReport, PolicyRef, Status};
-use crate::scan::{self, ScanCache, ScanOptions};
+use crate::report::{ImageAction, ImageResult, PassReport, PolicyRef, RemovalResult, Status};
+use crate::scan::{self, ScanCache, ScanOptions, Vulnerable};
 
 /// Where exclusion lists come from.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +46,8 @@ pub struct WorkerConfig {
     pub imagelist: Option<Vec<String>>,
     pub dry_run: bool,
     pub scan: ScanOptions,
+    /// Which scanned images the report counts as vulnerable.
+    pub vulnerable: Vulnerable,
     /// Node-local state (first-seen times, scan cache); none persists without it.
     pub state_dir: Option<PathBuf>,
     /// Always protected, besides the runtime's own sandbox image.
@@ -202,6 +204,7 @@ async fn pass(
         .iter()
         .filter(|i| matches!(i.scan, ScanOutcome::Scanned(_)))
         .count();
+    report.summary.vulnerable = images.iter().filter(|i| cfg.vulnerable.matches(&i.scan)).count();
     report.summary.scan_failed = run.failed();
     report.summary.scan_cache_hits = run.cache_hits;
     report.summary.trivy_runs = run.trivy_runs;
@@ -258,7 +261,7 @@ async fn pass(
             Action::Remove => match guard.check(img) {
                 Some(veto) => {
                     let reason = format!("{} (policy said remove: {})", veto.reason(), d.reason);
-                    results.push(result(img, ImageAction::Kept, reason, Some("vetoed")));
+                    results.push(result(img, ImageAction::Kept, reason, Some(RemovalResult::Vetoed)));
                 }
                 None => {
                     targets.push(img.clone());
@@ -272,7 +275,7 @@ async fn pass(
         policy = %report.policy.name,
         digest = %report.policy.digest,
         to_remove = targets.len(),
-        vetoed = results.iter().filter(|r| r.result == Some("vetoed")).count(),
+        vetoed = results.iter().filter(|r| r.result == Some(RemovalResult::Vetoed)).count(),
         "decided"
     );
 
@@ -282,14 +285,14 @@ async fn pass(
     let mut unreachable = 0;
     for ((img, outcome), reason) in outcomes.into_iter().zip(target_reasons) {
         let r = match outcome {
-            Outcome::Removed => result(&img, ImageAction::Removed, reason, Some("removed")),
+            Outcome::Removed => result(&img, ImageAction::Removed, reason, Some(RemovalResult::Removed)),
             Outcome::NotFound => result(
                 &img,
                 ImageAction::Removed,
                 format!("{reason} (already gone)"),
-                Some("not-found"),
+                Some(RemovalResult::NotFound),
             ),
-            Outcome::WouldRemove => result(&img, ImageAction::WouldRemove, reason, Some("would-remove")),
+            Outcome::WouldRemove => result(&img, ImageAction::WouldRemove, reason, Some(RemovalResult::WouldRemove)),
             Outcome::Vetoed(veto) => result(
                 &img,
                 ImageAction::Kept,
@@ -297,19 +300,24 @@ async fn pass(
                     "{}, found just before removal (policy said remove: {reason})",
                     veto.reason()
                 ),
-                Some("vetoed"),
+                Some(RemovalResult::Vetoed),
             ),
-            Outcome::Skipped(why) => result(&img, ImageAction::Kept, format!("not removed: {why}"), Some("skipped")),
+            Outcome::Skipped(why) => result(
+                &img,
+                ImageAction::Kept,
+                format!("not removed: {why}"),
+                Some(RemovalResult::Skipped),
+            ),
             Outcome::Failed {
                 message,
                 runtime_unreachable,
             } => {
                 unreachable += usize::from(runtime_unreachable);
                 tracing::warn!(phase = "remove", image = %img.id, error = %message, "removal failed");
-                result(&img, ImageAction::Failed, message, Some("error"))
+                result(&img, ImageAction::Failed, message, Some(RemovalResult::Error))
             }
         };
-        if r.result == Some("removed") {
+        if r.result == Some(RemovalResult::Removed) {
             tracing::info!(phase = "remove", image = %img.id, name = img.display_name(), reason = %r.reason, "removed image");
         }
         results.push(r);
@@ -319,7 +327,10 @@ async fn pass(
         images.iter().enumerate().map(|(i, img)| (img.id.as_str(), i)).collect();
     results.sort_by_key(|r| order.get(r.id.as_str()).copied());
     let failed = results.iter().filter(|r| r.action == ImageAction::Failed).count();
-    let skipped = results.iter().filter(|r| r.result == Some("skipped")).count();
+    let skipped = results
+        .iter()
+        .filter(|r| r.result == Some(RemovalResult::Skipped))
+        .count();
     report.images = results;
     if unreachable > 0 {
         report.fail(format!(
@@ -334,7 +345,7 @@ async fn pass(
     }
 }
 
-fn result(img: &Image, action: ImageAction, reason: String, result: Option<&'static str>) -> ImageResult {
+fn result(img: &Image, action: ImageAction, reason: String, result: Option<RemovalResult>) -> ImageResult {
     ImageResult {
         id: img.id.clone(),
         tags: img.tags.clone(),
@@ -395,6 +406,11 @@ impl Outputs {
             tracing::error!(path = %path.display(), error = %e, "cannot write the report");
         }
         match self.stdout_json {
+            // One line off a terminal: a pod's log holds it whole among
+            // the log lines, for the controller to read back.
+            Some(true) if !std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+                println!("{}", report.to_json_line())
+            }
             Some(true) => println!("{}", report.to_json()),
             Some(false) => print!("{}", report.to_table()),
             None => {}

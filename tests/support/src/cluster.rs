@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use scour::controller::crd::{ImageJob, ImageList};
+use scour::controller::crd::{ImageJob, ImageList, NodeReport};
 use scour::controller::metrics::Metrics;
 use scour::controller::{Controller, Options, Progress};
 use serde::de::DeserializeOwned;
@@ -353,6 +353,20 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("ImageJob {name}: {e}"))
     }
 
+    /// The NodeReports of run `job`, by node, parts in order.
+    pub async fn reports(&self, job: &str) -> BTreeMap<String, Vec<NodeReport>> {
+        let api: Api<NodeReport> = Api::all(self.admin.clone());
+        let params = ListParams::default().labels(&format!("scour.dev/job={job}"));
+        let mut out: BTreeMap<String, Vec<NodeReport>> = BTreeMap::new();
+        for r in api.list(&params).await.expect("listing NodeReports").items {
+            out.entry(r.spec.node.clone()).or_default().push(r);
+        }
+        for parts in out.values_mut() {
+            parts.sort_by_key(|r| r.name_any());
+        }
+        out
+    }
+
     pub async fn imagelist(&self) -> Option<ImageList> {
         Api::<ImageList>::all(self.admin.clone())
             .get_opt("imagelist")
@@ -502,8 +516,14 @@ pub fn config_map(name: &str, key: &str, value: &str, exclusion: bool) -> Config
 
 /// A worker's termination summary: `removed` of 10 images removed.
 pub fn summary(node: &str, removed: usize) -> String {
+    serde_json::to_string(&termination(node, removed, 0)).expect("serializes")
+}
+
+/// A worker's termination summary: `removed` of 10 images removed, of
+/// which `vulnerable` were found vulnerable.
+pub fn termination(node: &str, removed: usize, vulnerable: usize) -> scour::report::TerminationSummary {
     use scour::report::{ImageEntry, Status, Summary, TerminationSummary};
-    let s = TerminationSummary {
+    TerminationSummary {
         status: Status::Ok,
         node: node.into(),
         mode: scour_policy_sdk::Mode::Automatic,
@@ -511,6 +531,8 @@ pub fn summary(node: &str, removed: usize) -> String {
         policy: "sha256:0000".into(),
         summary: Summary {
             images: 10,
+            scanned: 10,
+            vulnerable,
             removed,
             kept: 10usize.saturating_sub(removed),
             bytes_freed: 1000 * removed as u64,
@@ -521,13 +543,13 @@ pub fn summary(node: &str, removed: usize) -> String {
                 id: format!("{i:012x}"),
                 image: "docker.io/library/alpine:3.7.3".into(),
                 reason: "vulnerable: 1 CRITICAL".into(),
+                size_bytes: 1000,
             })
             .collect(),
         failed: Vec::new(),
         errors: Vec::new(),
         omitted: 0,
-    };
-    serde_json::to_string(&s).expect("serializes")
+    }
 }
 
 /// Creates an object, or fails the test.

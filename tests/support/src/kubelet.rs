@@ -13,6 +13,10 @@
 //! then Succeeded or Failed with the exit code and the termination message,
 //! as a kubelet reports them. A pod deleted while it runs is stopped and its
 //! deletion finished, as a kubelet does.
+//!
+//! It also serves the kubelet's container-log API over HTTPS and posts its
+//! address and port in the Node's status, so the API server's
+//! `pods/NAME/log` (and `kubectl logs`) reads a container's output from it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,9 +60,12 @@ pub struct NodeSetup {
 pub struct Ran {
     pub pod: String,
     pub exit: i32,
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
+    /// stdout and stderr, as a container's log holds them.
+    pub log: PathBuf,
 }
+
+/// Container logs by (namespace, pod), as the kubelet API serves them.
+type Logs = Arc<Mutex<HashMap<(String, String), PathBuf>>>;
 
 pub struct NodeAgent {
     pub setup: NodeSetup,
@@ -68,15 +75,24 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// Starts watching the pods bound to `setup.node`, as `client` (an
-    /// identity allowed to read ConfigMaps and write pod status).
-    pub fn start(client: Client, setup: NodeSetup) -> Self {
+    /// Starts serving the kubelet API, posts the node's address, and
+    /// watches the pods bound to `setup.node`, as `client` (an identity
+    /// allowed to read ConfigMaps and write pod and node status).
+    pub async fn start(client: Client, setup: NodeSetup) -> Self {
         let cancel = CancellationToken::new();
         let ran = Arc::new(Mutex::new(Vec::new()));
+        let logs: Logs = Arc::default();
+        let port = serve_kubelet_api(logs.clone(), cancel.clone())
+            .await
+            .expect("the node agent's kubelet API listens");
+        post_node_status(&client, &setup.node, port)
+            .await
+            .expect("the node agent posts its node's address");
         let agent = Agent {
             client,
             setup: setup.clone(),
             ran: ran.clone(),
+            logs,
             cancel: cancel.clone(),
         };
         let task = tokio::spawn(agent.run());
@@ -113,6 +129,7 @@ struct Agent {
     client: Client,
     setup: NodeSetup,
     ran: Arc<Mutex<Vec<Ran>>>,
+    logs: Logs,
     cancel: CancellationToken,
 }
 
@@ -193,8 +210,13 @@ impl Agent {
             .chain(container.args.iter().flatten())
             .map(|a| rewrite(a))
             .collect();
-        let stdout = dir.join("stdout.log");
-        let stderr = dir.join("stderr.log");
+        let log = dir.join("container.log");
+        let output = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let errors = output.try_clone().map_err(|e| e.to_string())?;
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((pod.namespace().unwrap_or_default(), name.clone()), log.clone());
         let mut cmd = tokio::process::Command::new(&binary);
         cmd.args(&args)
             .env_clear()
@@ -202,8 +224,8 @@ impl Agent {
             .env("HOME", &dir)
             .env("SCOUR_TERMINATION_LOG", &termination)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).map_err(|e| e.to_string())?)
-            .stderr(std::fs::File::create(&stderr).map_err(|e| e.to_string())?)
+            .stdout(output)
+            .stderr(errors)
             .kill_on_drop(true);
         for e in container.env.iter().flatten() {
             let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
@@ -267,12 +289,10 @@ impl Agent {
             },
         )
         .await?;
-        self.ran.lock().unwrap_or_else(|e| e.into_inner()).push(Ran {
-            pod: name,
-            exit,
-            stdout,
-            stderr,
-        });
+        self.ran
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Ran { pod: name, exit, log });
         Ok(())
     }
 
@@ -391,6 +411,10 @@ impl Agent {
 
     /// What a kubelet does once a deleted pod's containers are gone.
     async fn finish_deletion(&self, pod: &Pod) -> Result<(), String> {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(pod.namespace().unwrap_or_default(), pod.name_any()));
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         match api
             .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
@@ -401,6 +425,105 @@ impl Agent {
             Err(e) => Err(format!("finishing the deletion of pod {}: {e}", pod.name_any())),
         }
     }
+}
+
+/// Serves `GET /containerLogs/{namespace}/{pod}/{container}` (with
+/// `tailLines` and `limitBytes`) over HTTPS on a free loopback port, with a
+/// self-signed certificate: an API server without
+/// `--kubelet-certificate-authority` does not check it. Returns the port.
+async fn serve_kubelet_api(logs: Logs, cancel: CancellationToken) -> std::io::Result<u16> {
+    use tokio_rustls::rustls;
+    let other = |e: String| std::io::Error::other(e);
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).map_err(|e| other(e.to_string()))?;
+    let cert = rustls::pki_types::CertificateDer::from(key.cert.der().to_vec());
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| other(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], private)
+        .map_err(|e| other(e.to_string()))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+            };
+            let (acceptor, logs) = (acceptor.clone(), logs.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |request| {
+                    let logs = logs.clone();
+                    async move { Ok::<_, std::convert::Infallible>(container_log(&logs, &request)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// A container's log, as the kubelet answers `/containerLogs/…`.
+fn container_log<B>(logs: &Logs, request: &http::Request<B>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let respond = |code: u16, body: Vec<u8>| {
+        http::Response::builder()
+            .status(code)
+            .header("content-type", "text/plain")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("a response")
+    };
+    let parts: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    let ["containerLogs", namespace, pod, _container] = parts[..] else {
+        return respond(404, b"not found".to_vec());
+    };
+    let path = logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(namespace.to_owned(), pod.to_owned()))
+        .cloned();
+    let Some(text) = path.and_then(|p| std::fs::read(p).ok()) else {
+        return respond(404, format!("no log for pod {namespace}/{pod}").into_bytes());
+    };
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut text = text;
+    if let Some(n) = query.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+        let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+        text = lines[lines.len().saturating_sub(n)..].concat();
+    }
+    if let Some(n) = query.get("limitBytes").and_then(|n| n.parse::<usize>().ok()) {
+        text.truncate(n);
+    }
+    respond(200, text)
+}
+
+/// What a kubelet posts in its Node's status that the API server needs to
+/// reach it: an address and the kubelet's port.
+async fn post_node_status(client: &Client, node: &str, port: u16) -> Result<(), kube::Error> {
+    let status = serde_json::json!({
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        }
+    });
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map(|_| ())
 }
 
 /// A container's mounts: symlinks under `rootfs` at each mount path.
