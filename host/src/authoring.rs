@@ -271,13 +271,19 @@ fn rust_artifact(manifest: &Path, tools: &Toolchain) -> Result<PathBuf, Authorin
         return Err(failed(&String::from_utf8_lossy(&output.stderr)));
     }
     let meta: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| failed(&e.to_string()))?;
-    let target_dir = meta["target_directory"]
-        .as_str()
+    let target_dir = meta
+        .get("target_directory")
+        .and_then(|v| v.as_str())
         .ok_or_else(|| failed("no target_directory"))?;
-    let lib = meta["packages"][0]["targets"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["crate_types"].to_string().contains("cdylib")))
-        .and_then(|t| t["name"].as_str())
+    let lib = meta
+        .pointer("/packages/0/targets")
+        .and_then(|v| v.as_array())
+        .and_then(|t| {
+            t.iter()
+                .find(|t| t.get("crate_types").is_some_and(|c| c.to_string().contains("cdylib")))
+        })
+        .and_then(|t| t.get("name"))
+        .and_then(|v| v.as_str())
         .ok_or_else(|| failed("the package has no cdylib target"))?;
     Ok(Path::new(target_dir)
         .join("wasm32-wasip2/release")

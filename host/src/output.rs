@@ -29,17 +29,17 @@ impl Table {
         let cols = self.headers.len();
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for r in &self.rows {
-            for (i, c) in r.iter().enumerate().take(cols) {
-                widths[i] = widths[i].max(c.chars().count());
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
             }
         }
         let mut out = String::new();
         for line in std::iter::once(&self.headers).chain(&self.rows) {
-            for (i, cell) in line.iter().enumerate().take(cols) {
+            for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
                 if i + 1 == cols {
                     out.push_str(cell);
                 } else {
-                    let _ = write!(out, "{cell:<w$}  ", w = widths[i]);
+                    let _ = write!(out, "{cell:<w$}  ");
                 }
             }
             out.truncate(out.trim_end().len());

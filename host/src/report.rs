@@ -211,7 +211,7 @@ impl PassReport {
                 ImageAction::Removed => {
                     s.removed += 1;
                     if img.result != Some(RemovalResult::NotFound) {
-                        s.bytes_freed += img.size_bytes;
+                        s.bytes_freed = s.bytes_freed.saturating_add(img.size_bytes);
                     }
                 }
                 ImageAction::WouldRemove => s.would_remove += 1,

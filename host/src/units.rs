@@ -94,17 +94,19 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, UnitError> {
 
 /// `1.5 MiB` and the like, for people.
 pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
+    let mut unit = "B";
+    for next in ["KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 {
+            break;
+        }
         v /= 1024.0;
-        unit += 1;
+        unit = next;
     }
-    if unit == 0 {
+    if unit == "B" {
         format!("{n} B")
     } else {
-        format!("{v:.1} {}", UNITS[unit])
+        format!("{v:.1} {unit}")
     }
 }
 

@@ -134,7 +134,9 @@ impl ImageIndex {
 pub fn mark_in_use(images: &mut [Image], containers: &[CriContainer]) {
     let used = ImageIndex::new(images).used_by(containers);
     for i in used {
-        images[i].in_use = true;
+        if let Some(image) = images.get_mut(i) {
+            image.in_use = true;
+        }
     }
 }
 

@@ -56,15 +56,17 @@ impl Metrics {
         m.pods_completed_run_total += run.succeeded;
         m.pods_failed_run_total += run.failed;
         for n in &run.nodes {
-            *m.images_removed.entry(n.node.to_owned()).or_default() += n.removed;
-            *m.vulnerable_images.entry(n.node.to_owned()).or_default() += n.vulnerable;
+            let c = m.images_removed.entry(n.node.to_owned()).or_default();
+            *c = c.saturating_add(n.removed);
+            let c = m.vulnerable_images.entry(n.node.to_owned()).or_default();
+            *c = c.saturating_add(n.vulnerable);
             if n.degraded {
                 *m.nodes_degraded.entry(n.node.to_owned()).or_default() += 1;
             }
         }
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            if run.duration_seconds <= *bound {
-                m.duration_buckets[i] += 1;
+        for (count, bound) in m.duration_buckets.iter_mut().zip(DURATION_BUCKETS) {
+            if run.duration_seconds <= bound {
+                *count += 1;
             }
         }
         m.duration_count += 1;

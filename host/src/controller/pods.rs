@@ -129,8 +129,9 @@ pub fn resources(loaded: &Loaded) -> ResourceRequirements {
 /// A pod name that is the same for a job and node on every controller, so a
 /// restarted or second controller finds the pod instead of starting another.
 pub fn pod_name(job: &str, node: &str) -> String {
-    let hash: String = Sha256::digest(node.as_bytes())[..4]
+    let hash: String = Sha256::digest(node.as_bytes())
         .iter()
+        .take(4)
         .map(|b| format!("{b:02x}"))
         .collect();
     let node_part: String = node

@@ -181,7 +181,7 @@ impl Reconciler {
         let mut started = Vec::new();
         let mut transient = None;
         for i in queued {
-            let n = &mut status.nodes[i];
+            let Some(n) = status.nodes.get_mut(i) else { continue };
             let labels = plan.labels.get(&n.name).cloned().unwrap_or_default();
             let pod = plan.template.pod(job, &n.name, &labels);
             let pod_name = pod.name_any();

@@ -186,6 +186,6 @@ impl Reconciler {
         ];
         parts.extend(user.iter().map(|c| format!("{}={}", c.name_any(), version(Some(c)))));
         let digest = sha2::Sha256::digest(parts.join("\n").as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 }

@@ -318,8 +318,14 @@ pub fn tally(status: &mut ImageJobStatus) {
     status.failed = count(NodePhase::Failed);
     status.skipped = count(NodePhase::Skipped);
     let summaries = || status.nodes.iter().filter_map(|n| n.summary.as_ref());
-    status.removed = summaries().map(|s| s.removed as i64).sum();
-    status.would_remove = summaries().map(|s| s.would_remove as i64).sum();
+    // A summary is whatever a worker pod wrote: saturate, never overflow.
+    let total = |n: fn(&crate::report::Summary) -> usize| {
+        summaries()
+            .map(|s| i64::try_from(n(s)).unwrap_or(i64::MAX))
+            .fold(0, i64::saturating_add)
+    };
+    status.removed = total(|s| s.removed);
+    status.would_remove = total(|s| s.would_remove);
     status.degraded = status
         .nodes
         .iter()
@@ -583,6 +589,26 @@ mod tests {
         assert!(size <= STATUS_BUDGET, "{size} bytes");
         assert_eq!(status.nodes, before, "nothing thinned at 1 000 nodes ({size} bytes)");
         assert_eq!(status.removed, 5_000_000);
+    }
+
+    #[test]
+    fn absurd_counts_from_a_worker_saturate_instead_of_overflowing() {
+        let node = |name: &str| NodeResult {
+            name: name.into(),
+            phase: NodePhase::Succeeded,
+            summary: Some(Summary {
+                removed: usize::MAX,
+                bytes_freed: u64::MAX,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut status = ImageJobStatus {
+            nodes: vec![node("a"), node("b")],
+            ..Default::default()
+        };
+        tally(&mut status);
+        assert_eq!((status.removed, status.bytes_freed), (i64::MAX, i64::MAX));
     }
 
     #[test]

@@ -240,7 +240,7 @@ fn compatibility_key(engine: &Engine) -> String {
     }
     let mut h = Sha(sha2::Sha256::new());
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
-    h.0.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.0.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Increments the engine's epoch every [`TICK`] for as long as it lives.
@@ -254,6 +254,9 @@ impl Ticker {
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = stop.clone();
+        // Without the ticker no policy call could be interrupted, and a
+        // process that cannot start a thread cannot go on: not input-shaped.
+        #[allow(clippy::expect_used)]
         let thread = std::thread::Builder::new()
             .name("policy-epoch".into())
             .spawn(move || {

@@ -254,11 +254,13 @@ impl LoadedPolicy {
         let mut decisions: Vec<Option<Decision>> = vec![None; images.len()];
         for d in answer {
             let at = index.claim(&d.id).map_err(invalid)?;
-            decisions[at] = Some(Decision {
-                id: d.id,
-                action: abi::action(d.action),
-                reason: bounded(d.reason),
-            });
+            if let Some(slot) = decisions.get_mut(at) {
+                *slot = Some(Decision {
+                    id: d.id,
+                    action: abi::action(d.action),
+                    reason: bounded(d.reason),
+                });
+            }
         }
         let decisions = decisions
             .into_iter()
@@ -332,7 +334,10 @@ impl<'a> OfferedIds<'a> {
                     .ok_or_else(|| AnswerError::UnknownId(bounded(id.to_owned())))?
             }
         };
-        if std::mem::replace(&mut self.claimed[at], true) {
+        let Some(claimed) = self.claimed.get_mut(at) else {
+            return Err(AnswerError::UnknownId(bounded(id.to_owned())));
+        };
+        if std::mem::replace(claimed, true) {
             return Err(AnswerError::DuplicateId(bounded(id.to_owned())));
         }
         self.next = at + 1;

@@ -108,6 +108,8 @@ impl PolicyWatcher {
     /// Polls every `interval` on a background thread until the guard drops.
     pub fn spawn(mut self, interval: Duration) -> WatchGuard {
         let (stop, stopped) = mpsc::channel::<()>();
+        // A process that cannot start a thread cannot go on: not input-shaped.
+        #[allow(clippy::expect_used)]
         let thread = std::thread::Builder::new()
             .name("policy-watch".into())
             .spawn(move || {

@@ -79,6 +79,9 @@ fn policy_ref(p: &LoadedPolicy) -> PolicyRef {
 
 /// Runs a policy call off the async runtime: calls are CPU-bound.
 async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    // Only a panic in the host's own call code lands here (a guest's faults
+    // are errors, not panics); it is passed on rather than swallowed.
+    #[allow(clippy::expect_used)]
     tokio::task::spawn_blocking(f).await.expect("policy call panicked")
 }
 
