@@ -651,6 +651,8 @@ async fn a_restart_soon_after_a_run_starts_no_new_run() {
     c.settle().await;
     assert_eq!(c.jobs().await.len(), 1);
     assert_eq!(c.pods().await.len(), 3, "no second pod per node");
+    // A second pod per node that came and went would not show in a list.
+    assert_eq!(c.pods_created(), 3, "pods created over the restart");
 
     run_to_completion(&c, &name, 0).await;
     c.crash_controller(1).await;
