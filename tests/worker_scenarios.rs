@@ -279,6 +279,39 @@ fn a_second_pass_does_not_rescan_unchanged_images() {
     assert_eq!(second.summary("trivyRuns"), 0);
     assert_eq!(second.summary("scanCacheHits"), 3, "clean-a, clean-b and pause");
     assert_verdict(&second, &node, "clean-a", "kept", "clean");
+
+    // A scanner setting that changes what Trivy finds makes the kept
+    // results stale: each change scans again, and a repeat reuses them.
+    let config = |vulnerabilities: &str| {
+        node.file(
+            "config.yaml",
+            &format!(
+                "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\ncomponents:\n  scanner:\n    config: |\n      vulnerabilities:\n{vulnerabilities}"
+            ),
+        )
+    };
+    let mut runs = Vec::new();
+    for vulnerabilities in [
+        "        ignoredStatuses: [will_not_fix]\n",
+        "        ignoredStatuses: [will_not_fix]\n",
+        "        ignoredStatuses: [will_not_fix]\n        types: [os]\n",
+    ] {
+        let before = calls();
+        let run = node
+            .worker(scour())
+            .arg("--trivy")
+            .arg(&trivy)
+            .arg("--config")
+            .arg(config(vulnerabilities))
+            .run();
+        assert_eq!(run.code(), Some(0), "{}", run.stderr());
+        runs.push((calls() - before, run.summary("scanCacheHits")));
+    }
+    assert_eq!(
+        runs,
+        [(3, 0), (0, 3), (3, 0)],
+        "(Trivy runs, cache hits) for: ignoredStatuses set, the same again, types set"
+    );
 }
 
 fn imagelist(node: &TestNode, entries: &[String]) -> PathBuf {

@@ -112,11 +112,7 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], cache: &mut ScanCache, 
             return run;
         }
     };
-    let key = format!(
-        "trivy {} db {}",
-        info.version,
-        info.db_updated_at.as_deref().unwrap_or("unknown")
-    );
+    let key = opts.trivy.result_key(&info);
     run.trivy = Some(info);
 
     let mut pending = Vec::new();

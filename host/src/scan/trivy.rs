@@ -45,6 +45,9 @@ pub struct TrivyOptions {
     pub namespace: String,
 }
 
+/// What Trivy looks for (`--scanners`).
+const SCANNERS: &str = "vuln";
+
 /// `trivy version --format json`: the binary's version and its DB's age.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrivyInfo {
@@ -137,6 +140,25 @@ impl TrivyOptions {
         self.run(cmd, timeout).await.map(drop)
     }
 
+    /// What a kept result depends on besides the image: Trivy's version,
+    /// its DB, and every setting that changes what a scan finds. A result
+    /// kept under another key is not reused.
+    pub fn result_key(&self, info: &TrivyInfo) -> String {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v.dedup();
+            v.join(",")
+        };
+        format!(
+            "trivy {} db {} scanners {SCANNERS} pkg-types [{}] ignore-status [{}]",
+            info.version,
+            info.db_updated_at.as_deref().unwrap_or("unknown"),
+            sorted(&self.pkg_types),
+            sorted(&self.ignore_statuses),
+        )
+    }
+
     /// Scans one image held by containerd, by tag or `repo@digest`.
     pub async fn scan(&self, reference: &str, timeout: Duration) -> Result<ScanReport, RunError> {
         let mut cmd = self.command();
@@ -147,7 +169,7 @@ impl TrivyOptions {
             "--format",
             "json",
             "--scanners",
-            "vuln",
+            SCANNERS,
             "--list-all-pkgs=false",
             "--skip-version-check",
             "--disable-telemetry",
