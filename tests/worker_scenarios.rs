@@ -733,3 +733,32 @@ fn a_daemon_hot_swaps_its_policy_when_the_file_changes() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("policy swapped"), "{log}");
 }
+
+#[test]
+fn under_a_memory_limit_the_worker_runs_fewer_scans_at_once_and_still_completes() {
+    let Some(mut node) = TestNode::start() else { return };
+    let Some(group) = scour_testkit::cgroup::MemoryCgroup::create(1 << 30) else {
+        scour_testkit::gate::skip("cannot make a memory cgroup here");
+        return;
+    };
+    node.import(vec![
+        ("clean", clean("localhost/test/clean:1", "clean")),
+        ("vulnerable", vulnerable("localhost/test/vulnerable:1", "vulnerable")),
+    ]);
+    let concurrency = |run: &Run| -> Option<u64> {
+        run.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|l| l["scan_concurrency"].as_u64())
+    };
+    // 1 GiB: 768 MiB after the worker's share, 576 MiB per scan at the
+    // default --trivy-memory-limit of 512 MiB: one Trivy at a time.
+    let limited = node.worker(&group.wrap(scour(), node.work.path())).run();
+    assert_eq!(limited.code(), Some(0), "{}", limited.stderr());
+    assert_eq!(concurrency(&limited), Some(1), "{}", limited.stderr());
+    assert!(limited.summary("scanned") >= 2, "the pass scanned under the limit");
+    assert!(!node.has("vulnerable"));
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    let free = node.worker(scour()).run();
+    assert_eq!(concurrency(&free), Some(cores), "{}", free.stderr());
+}

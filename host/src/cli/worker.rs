@@ -112,7 +112,9 @@ pub struct WorkerArgs {
     /// Deadline for all scans of a pass; images not scanned by then count as failed [default: timeout.total from --config, else 1h].
     #[arg(long, env = "SCOUR_SCAN_TOTAL_TIMEOUT", value_parser = parse_duration, value_name = "DUR")]
     scan_total_timeout: Option<Duration>,
-    /// Trivy processes at once [default: number of cores].
+    /// Trivy processes at once [default: the number of cores, fewer when the
+    /// container's memory limit cannot hold that many at --trivy-memory-limit
+    /// each after 256 MiB for the worker].
     #[arg(long, env = "SCOUR_SCAN_CONCURRENCY", value_name = "N")]
     scan_concurrency: Option<usize>,
     /// Soft memory limit of each Trivy process (Go's GOMEMLIMIT; garbage collection waits until then).
@@ -334,7 +336,18 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
         );
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let scan_concurrency = args.scan_concurrency.unwrap_or(cores).max(1);
+    let memory_limit = crate::scan::limits::memory_limit();
+    let scan_concurrency = args
+        .scan_concurrency
+        .unwrap_or_else(|| crate::scan::limits::scan_concurrency(cores, memory_limit, args.trivy_memory_limit))
+        .max(1);
+    tracing::info!(
+        scan_concurrency,
+        cores,
+        memory_limit = memory_limit.map(crate::units::format_bytes),
+        "scan concurrency {scan_concurrency} (cores {cores}, memory limit {})",
+        memory_limit.map_or_else(|| "none".to_owned(), crate::units::format_bytes)
+    );
     // Parallel scans share the cores rather than each claiming all of them.
     let trivy = TrivyOptions {
         go_max_procs: (cores / scan_concurrency).max(1),

@@ -7,6 +7,7 @@
 //! for the policy, never a reason by itself to remove anything.
 
 mod cache;
+pub mod limits;
 pub mod trivy;
 
 use std::collections::{BTreeMap, HashMap};

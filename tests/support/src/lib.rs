@@ -1,5 +1,6 @@
 //! Test support for scour's integration scenarios (`tests/*.rs`).
 
+pub mod cgroup;
 pub mod clock;
 pub mod cluster;
 pub mod containerd;

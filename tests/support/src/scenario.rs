@@ -185,7 +185,7 @@ pub fn policy_cache_dir() -> PathBuf {
     crate::guests::workspace_root().join("target/test-policy-cache")
 }
 
-fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
