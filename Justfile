@@ -58,6 +58,10 @@ lint: setup
 # What CI runs: formatting, lints, tests.
 ci: fmt-check lint test
 
+# Race soak, not timed (root): SOAK_TRIALS passes (default 500) race container creation; fails if an in-use image is removed.
+soak: setup
+    SOAK_TRIALS="${SOAK_TRIALS:-500}" cargo bench -p scour --bench race_soak
+
 # Benchmarks (release build); each prints ratios against its baseline.
 bench: setup
     cargo bench -p scour --bench policy

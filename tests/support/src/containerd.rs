@@ -256,6 +256,8 @@ pub struct PrivateContainerd {
     /// Sandboxes and containers made through the fixture (namespace k8s.io).
     ids: Mutex<BTreeSet<String>>,
     imports: AtomicU64,
+    /// containerd's `--log-level`, when not the config's `info`.
+    log_level: Option<String>,
 }
 
 impl fmt::Debug for PrivateContainerd {
@@ -280,6 +282,7 @@ impl PrivateContainerd {
             pid: 0,
             ids: Mutex::new(BTreeSet::new()),
             imports: AtomicU64::new(0),
+            log_level: None,
         }
     }
 
@@ -289,9 +292,22 @@ impl PrivateContainerd {
     /// `ListImages` ([`READY_TIMEOUT`]), and imports [`SANDBOX_IMAGE`].
     /// On failure everything made so far is torn down again.
     pub fn start() -> Result<Self> {
+        Self::start_logging(None)
+    }
+
+    /// [`Self::start`] with containerd's `--log-level` set, e.g. `trace`:
+    /// at trace level its CRI plugin logs every call it serves (ImageStatus,
+    /// ListContainers with the containers it returns, RemoveImage,
+    /// CreateContainer), with nanosecond timestamps, in `DIR/containerd.log`.
+    pub fn start_with_log_level(level: &str) -> Result<Self> {
+        Self::start_logging(Some(level))
+    }
+
+    fn start_logging(level: Option<&str>) -> Result<Self> {
         reap_orphans();
         note_new_cgroup_parents();
         let mut ctd = Self::unstarted(make_instance_dir()?);
+        ctd.log_level = level.map(str::to_owned);
         // From here on, an early return drops `ctd`, which cleans up.
         ctd.prepare_dir()?;
         ctd.spawn()?;
@@ -331,9 +347,12 @@ impl PrivateContainerd {
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(self.config_path())
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(self.config_path());
+        if let Some(level) = &self.log_level {
+            cmd.args(["--log-level", level]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -68,11 +68,26 @@ impl TestNode {
     /// Starts a node, or returns None when containerd or Trivy is missing
     /// locally (in CI that is a failure).
     pub fn start() -> Option<Self> {
+        Self::start_logging(None)
+    }
+
+    /// [`Self::start`] with containerd logging at `level` (e.g. `trace`, to
+    /// read every CRI call it served from its log; see
+    /// [`PrivateContainerd::start_with_log_level`]).
+    pub fn start_with_log_level(level: &str) -> Option<Self> {
+        Self::start_logging(Some(level))
+    }
+
+    fn start_logging(level: Option<&str>) -> Option<Self> {
         if !crate::containerd::require_containerd() {
             return None;
         }
         let trivy = crate::gate::require_trivy()?;
-        let ctd = PrivateContainerd::start().expect("private containerd");
+        let ctd = match level {
+            Some(level) => PrivateContainerd::start_with_log_level(level),
+            None => PrivateContainerd::start(),
+        }
+        .expect("private containerd");
         let work = tempfile::tempdir().expect("scratch dir");
         standard_db().write(&work.path().join("trivy-cache")).expect("trivy db");
         Some(Self {
