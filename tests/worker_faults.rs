@@ -463,3 +463,31 @@ fn usage_and_config_errors_exit_2() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[test]
+fn a_container_created_while_its_image_was_removed_is_reported_and_degrades_the_pass() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeCri::start(FakeState {
+        images: vec![
+            image("sha256:aaa", &["docker.io/library/raced:1"], 100),
+            image("sha256:bbb", &["docker.io/library/unused:1"], 200),
+        ],
+        // Created in the gap between the worker's last check and RemoveImage.
+        created_during_removal: vec![container(
+            "late",
+            "sha256:aaa",
+            k8s_cri::v1::ContainerState::ContainerCreated,
+        )],
+        ..Default::default()
+    }));
+    let run = scan_free_pass(&fake);
+    assert_eq!(run.status(), "degraded", "{}", run.stderr());
+    let (action, reason) = run.verdict("sha256:aaa");
+    assert_eq!(action, "removed");
+    assert!(
+        reason.contains("a container was created on it during removal"),
+        "{reason}"
+    );
+    let (action, reason) = run.verdict("sha256:bbb");
+    assert_eq!((action.as_str(), reason.contains("during removal")), ("removed", false));
+}

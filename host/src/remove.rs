@@ -88,6 +88,26 @@ pub async fn remove(
         .collect()
 }
 
+/// The ids of `removed` images that a container references now: created
+/// in the gap between the last check and `RemoveImage`, which CRI cannot
+/// close (containerd's `RemoveImage` checks for no users). Found and
+/// reported, not prevented.
+pub async fn used_after_removal(cri: &CriClient, removed: &[Image]) -> Result<Vec<String>, String> {
+    if removed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let containers = cri.list_containers().await.map_err(|e| e.to_string())?;
+    let index = ImageIndex::new(removed);
+    let mut ids: Vec<String> = index
+        .used_by(&containers)
+        .into_iter()
+        .filter_map(|i| removed.get(i).map(|img| img.id.clone()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 async fn remove_one(cri: &CriClient, image: &Image, guard: &Guard, dry_run: bool) -> Outcome {
     // Re-check with what is true now, not what was true at collect time: a
     // scan can take an hour, and meanwhile the image may have gained a tag

@@ -286,6 +286,11 @@ async fn pass(
     let t = Instant::now();
     let outcomes = remove::remove(&cri, targets, guard, cfg.dry_run, cfg.remove_concurrency, cancel).await;
     let mut unreachable = 0;
+    let removed: Vec<Image> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Removed))
+        .map(|(img, _)| img.clone())
+        .collect();
     for ((img, outcome), reason) in outcomes.into_iter().zip(target_reasons) {
         let r = match outcome {
             Outcome::Removed => result(&img, ImageAction::Removed, reason, Some(RemovalResult::Removed)),
@@ -325,6 +330,26 @@ async fn pass(
         }
         results.push(r);
     }
+    // A container created between the last check and RemoveImage is not
+    // seen before; say so if one was.
+    let raced = match remove::used_after_removal(&cri, &removed).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(
+                phase = "remove",
+                "cannot check for containers created during removal: {e}"
+            );
+            Vec::new()
+        }
+    };
+    for r in results.iter_mut().filter(|r| raced.contains(&r.id)) {
+        tracing::warn!(phase = "remove", image = %r.id, "a container was created on the image while it was being removed");
+        r.reason = format!(
+            "{}; a container was created on it during removal (CRI has no atomic in-use check): \
+             it runs from its snapshot, and the image is pulled again when next needed",
+            r.reason
+        );
+    }
     report.record_phase("remove", t.elapsed());
     let order: std::collections::HashMap<&str, usize> =
         images.iter().enumerate().map(|(i, img)| (img.id.as_str(), i)).collect();
@@ -342,6 +367,12 @@ async fn pass(
         ));
     } else if failed > 0 {
         report.degrade(format!("{failed} removals failed"));
+    }
+    if !raced.is_empty() {
+        report.degrade(format!(
+            "{} images were removed while a container was being created on them",
+            raced.len()
+        ));
     }
     if skipped > 0 && unreachable == 0 {
         report.degrade(format!("interrupted: {skipped} removals were not attempted"));

@@ -26,6 +26,9 @@ pub struct FakeState {
     pub sandboxes: Vec<(String, String)>,
     pub removed: Vec<String>,
     pub list_containers_calls: usize,
+    /// Containers that appear as the image they use is removed, as one
+    /// created between a worker's last check and its RemoveImage would.
+    pub created_during_removal: Vec<cri::Container>,
 }
 
 /// An image for the fake runtime.
@@ -177,6 +180,11 @@ impl ImageService for Fake {
         }
         // Like containerd 1.6: removing a missing image is not an error.
         state.images.retain(|i| i.id != id);
+        let (racing, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut state.created_during_removal)
+            .into_iter()
+            .partition(|c| c.image_ref == id);
+        state.created_during_removal = rest;
+        state.containers.extend(racing);
         state.removed.push(id);
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
