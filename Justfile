@@ -58,9 +58,45 @@ lint: setup
 # What CI runs: formatting, lints, tests.
 ci: fmt-check lint test
 
-# Race soak, not timed (root): SOAK_TRIALS passes (default 500) race container creation; fails if an in-use image is removed.
-soak: setup
-    SOAK_TRIALS="${SOAK_TRIALS:-500}" cargo bench -p scour --bench race_soak
+# Fuzz every target in fuzz/ for FUZZ_SECONDS each (default 60); fails on a crash (nightly, not in ci).
+fuzz: setup
+    #!/usr/bin/env bash
+    # One target after another; a crash stops the run, and libFuzzer leaves
+    # the input in fuzz/artifacts/<target>/. Installs nightly and cargo-fuzz
+    # when missing and seeds fuzz/corpus/ (not committed) from the test data
+    # (fuzz/seed.sh). FUZZ_TARGETS picks targets (space-separated),
+    # FUZZ_SANITIZER the sanitizer (default address; `none` runs faster).
+    set -euo pipefail
+    seconds=${FUZZ_SECONDS:-60}
+    sanitizer=${FUZZ_SANITIZER:-address}
+    targets=${FUZZ_TARGETS:-"image_reference pattern_native_vs_wasm trivy_report snapshot_yaml golden_case_yaml exclusions_json eraser_config units"}
+    rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+    cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+    # The Wasm guests are built with the stable toolchain, as everywhere else;
+    # the fuzz build embeds the default policy from there instead of building
+    # it again with nightly.
+    cargo build --quiet -p scour-default-policy --target wasm32-wasip2 --profile guest --target-dir target/guests
+    cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/rust-retention/Cargo.toml --target-dir target/guests
+    export SCOUR_DEFAULT_POLICY_WASM=$PWD/target/guests/wasm32-wasip2/guest/scour_default_policy.wasm
+    export SCOUR_FUZZ_RETENTION_WASM=$PWD/target/guests/wasm32-wasip2/release/rust_retention.wasm
+    fuzz/seed.sh
+    cd fuzz
+    cargo +nightly fuzz build --sanitizer "$sanitizer"
+    for t in $targets; do
+        echo "== $t: ${seconds}s"
+        rm -f fuzz-0.log
+        status=0
+        nice -n 10 cargo +nightly fuzz run --sanitizer "$sanitizer" "$t" -- \
+            -max_total_time="$seconds" -jobs=1 -workers=1 -print_final_stats=1 || status=$?
+        log=$(cat fuzz-0.log 2>/dev/null || true)
+        grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)' <<<"$log" || true
+        if [[ $status -ne 0 ]] || grep -qE '^(==[0-9]+==ERROR|SUMMARY: libFuzzer|thread .* panicked)' <<<"$log"; then
+            tail -n 40 <<<"$log"
+            echo "fuzz target $t crashed; the input is in fuzz/artifacts/$t/" >&2
+            exit 1
+        fi
+    done
+    echo "fuzzed: $targets (${seconds}s each), no crash"
 
 # Benchmarks (release build); each prints ratios against its baseline.
 bench: setup
@@ -68,3 +104,7 @@ bench: setup
     cargo bench -p scour --bench worker
     cargo bench -p scour --bench policy_examples
     cargo bench -p scour --bench controller
+
+# Race soak, not timed (root): SOAK_TRIALS passes (default 500) race container creation; fails if an in-use image is removed.
+soak: setup
+    SOAK_TRIALS="${SOAK_TRIALS:-500}" cargo bench -p scour --bench race_soak

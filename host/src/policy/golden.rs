@@ -51,12 +51,21 @@ pub struct CaseFileError {
 impl Case {
     /// Parses a case file: one case, or a list of cases, in YAML or JSON.
     pub fn parse_file(path: &Path) -> Result<Vec<Case>, CaseFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CaseFileError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Case::parse_text(&text, path)
+    }
+
+    /// Parses the text of a case file; `path` is where it was read from, for
+    /// messages and [`Case::file`].
+    pub fn parse_text(text: &str, path: &Path) -> Result<Vec<Case>, CaseFileError> {
         let err = |message: String| CaseFileError {
             path: path.display().to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let doc: Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let doc: Value = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
         let docs = match doc {
             Value::Sequence(items) => items,
             other => vec![other],
@@ -356,5 +365,26 @@ fn probe_snapshot() -> Snapshot {
             image(2, "docker.io/library/web:2", true, ScanOutcome::NotScanned),
             image(3, "docker.io/library/job:3", false, ScanOutcome::Failed("probe".into())),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_text_parses_like_a_file_and_errors_name_the_path() {
+        let text = "name: one\ncontext: {now: 1}\nimages: [{id: a}]\nexpect: [{image: a, action: keep}]\n";
+        let cases = Case::parse_text(text, Path::new("cases/one.yaml")).unwrap();
+        assert_eq!(cases.len(), 1);
+        assert_eq!(cases[0].name, "one");
+        assert_eq!(cases[0].file.as_deref(), Some(Path::new("cases/one.yaml")));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("one.yaml");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(Case::parse_file(&file).unwrap()[0].snapshot, cases[0].snapshot);
+        let err = Case::parse_text("name: two\ncontext: {now: 1}\n", Path::new("two.yaml")).unwrap_err();
+        assert_eq!(err.path, "two.yaml");
+        assert!(err.message.contains("expects nothing"), "{}", err.message);
     }
 }
