@@ -705,7 +705,9 @@ impl Loaded {
     /// (`timeout.total`, else the worker's 1h) plus an hour for the rest.
     pub fn node_timeout(&self) -> Duration {
         duration(&self.config.scour.rollout.node_timeout).unwrap_or_else(|| {
-            self.scan_total_timeout().unwrap_or(Duration::from_secs(3600)) + Duration::from_secs(3600)
+            self.scan_total_timeout()
+                .unwrap_or(Duration::from_secs(3600))
+                .saturating_add(Duration::from_secs(3600))
         })
     }
 
@@ -909,6 +911,17 @@ components:
             ),
             "{err:?}"
         );
+    }
+
+    /// Found by the eraser_config fuzz target: this loaded, and the node
+    /// timeout (the scan budget plus an hour) then overflowed.
+    #[test]
+    fn a_scan_budget_near_2_pow_64_seconds_is_refused_at_load() {
+        let text = "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\ncomponents:\n  scanner:\n    config: |\n      timeout:\n        total: 18446744073709549568s\n";
+        let err = Loaded::parse(text).unwrap_err();
+        assert_eq!(err.path(), Some("components.scanner.config.timeout.total"), "{err}");
+        let l = Loaded::parse(&text.replace("18446744073709549568s", "876000h")).unwrap();
+        assert!(l.node_timeout() > Duration::from_secs(876_000 * 3600));
     }
 
     #[test]

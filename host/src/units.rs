@@ -89,8 +89,16 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, UnitError> {
         total += value * seconds;
         rest = after;
     }
+    // Longer than a century is a mistake, and bounding it keeps every sum
+    // of config durations (a timeout plus an hour) from overflowing.
+    if total > MAX_GO_DURATION.as_secs_f64() {
+        return Err(UnitError::TooLong(s.to_owned()));
+    }
     Duration::try_from_secs_f64(total).map_err(|_| UnitError::TooLong(s.to_owned()))
 }
+
+/// The longest duration a config may hold: 100 years.
+pub const MAX_GO_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `1.5 MiB` and the like, for people.
 pub fn format_bytes(n: u64) -> String {
@@ -149,5 +157,9 @@ mod tests {
         assert_eq!(e, UnitError::TooLong("99999999999999999999h".into()));
         assert!(e.to_string().contains("too long"), "{e}");
         assert!(parse_go_duration(&format!("{}h", "9".repeat(400))).is_err());
+        // Found by the eraser_config fuzz target: it loaded, then a timeout
+        // plus an hour overflowed.
+        assert!(parse_go_duration("18446744073709549568s").is_err());
+        assert!(parse_go_duration("876000h").is_ok(), "a century is the bound");
     }
 }
