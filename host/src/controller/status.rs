@@ -117,17 +117,11 @@ impl Reconciler {
         }
         tracing::info!(job = %job.name_any(), "{message}");
         let reason = if completed { "RunCompleted" } else { "RunFailed" };
-        let event = Event {
-            regarding: job.object_ref(&()),
-            warning: !completed,
-            reason,
-            action: "FinishRun",
-            note: message.clone(),
-        };
-        self.events.publish(event, now).await;
-        if let Some(list) = self.list_of(job) {
+        // On the run, and for a manual run on its ImageList too.
+        let list = self.list_of(job).map(|l| l.object_ref(&()));
+        for regarding in std::iter::once(job.object_ref(&())).chain(list) {
             let event = Event {
-                regarding: list.object_ref(&()),
+                regarding,
                 warning: !completed,
                 reason,
                 action: "FinishRun",
@@ -319,21 +313,19 @@ pub fn tally(status: &mut ImageJobStatus) {
     status.skipped = count(NodePhase::Skipped);
     let summaries = || status.nodes.iter().filter_map(|n| n.summary.as_ref());
     // A summary is whatever a worker pod wrote: saturate, never overflow.
-    let total = |n: fn(&crate::report::Summary) -> usize| {
+    let total = |n: fn(&crate::report::Summary) -> u64| {
         summaries()
             .map(|s| i64::try_from(n(s)).unwrap_or(i64::MAX))
             .fold(0, i64::saturating_add)
     };
-    status.removed = total(|s| s.removed);
-    status.would_remove = total(|s| s.would_remove);
+    status.removed = total(|s| s.removed as u64);
+    status.would_remove = total(|s| s.would_remove as u64);
     status.degraded = status
         .nodes
         .iter()
         .filter(|n| n.status == Some(crate::report::Status::Degraded))
         .count() as i64;
-    status.bytes_freed = summaries()
-        .map(|s| i64::try_from(s.bytes_freed).unwrap_or(i64::MAX))
-        .fold(0, i64::saturating_add);
+    status.bytes_freed = total(|s| s.bytes_freed);
 }
 
 /// The success ratio, in floating point (272 of 273 at 0.95 is Completed),
