@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use scour_testkit::fake_cri::{FakeCri, FakeState, container, image};
-use scour_testkit::fake_trivy::{Misbehaviour, fake_trivy, fake_trivy_calls};
-use scour_testkit::scenario::{Run, TestNode, clean, vulnerable};
+use scour_testkit::fake_trivy::{Misbehaviour, counting_trivy, fake_trivy, fake_trivy_calls};
+use scour_testkit::scenario::{Run, TestNode, clean, standard_db, vulnerable};
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
@@ -157,6 +157,23 @@ fn a_corrupt_db_is_a_failed_scan_with_trivys_reason() {
     std::fs::write(node.trivy_cache().join("db/trivy.db"), vec![0x5a; 8192]).unwrap();
     let run = node.worker(scour()).run();
     assert_scans_failed(&run, &node, "invalid database");
+
+    // The images' analyses do not depend on the DB and are kept: once the
+    // DB is mended, the next pass reads no image.
+    let kept = std::fs::read_dir(node.state_dir().join("analyses"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".cdx.json"))
+        .count();
+    assert!(kept >= 3, "a, b and clean were analysed: {kept}");
+    standard_db().write(&node.trivy_cache()).unwrap();
+    let counting = tempfile::tempdir().unwrap();
+    let trivy = counting_trivy(counting.path(), &node.trivy);
+    let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "ok");
+    assert_eq!(fake_trivy_calls(counting.path()), 0, "an image was read again");
+    assert_eq!(run.summary("analysesReused"), kept as u64);
+    assert!(!node.has("a") && !node.has("b") && node.has("clean"));
 }
 
 #[test]

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use scour_testkit::containerd::block_on;
 use scour_testkit::fake_trivy::counting_trivy;
 use scour_testkit::guests::hostile_guest_path;
-use scour_testkit::scenario::{Run, TestNode, clean, end_of_life, runnable_vulnerable, vulnerable, wait_for};
+use scour_testkit::scenario::{
+    Run, TestNode, clean, end_of_life, runnable_vulnerable, standard_db, vulnerable, wait_for,
+};
+use scour_testkit::trivydb::Advisory;
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
@@ -305,12 +308,101 @@ fn a_second_pass_does_not_rescan_unchanged_images() {
             .arg(config(vulnerabilities))
             .run();
         assert_eq!(run.code(), Some(0), "{}", run.stderr());
-        runs.push((calls() - before, run.summary("scanCacheHits")));
+        runs.push((
+            calls() - before,
+            run.summary("analysesReused"),
+            run.summary("scanCacheHits"),
+        ));
     }
+    // ignoredStatuses changes what matches, not what the images hold: the
+    // kept analyses are matched again. types changes the analysis itself.
     assert_eq!(
         runs,
-        [(3, 0), (0, 3), (3, 0)],
-        "(Trivy runs, cache hits) for: ignoredStatuses set, the same again, types set"
+        [(0, 3, 0), (0, 0, 3), (3, 0, 0)],
+        "(image reads, analyses reused, cache hits) for: ignoredStatuses set, the same again, types set"
+    );
+}
+
+#[test]
+fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("clean", clean("localhost/test/clean:1", "clean")),
+        ("eol", end_of_life("localhost/test/eol:1", "eol")),
+    ]);
+    let counting = node.work.path().join("counting");
+    std::fs::create_dir_all(&counting).unwrap();
+    let trivy = counting_trivy(&counting, &node.trivy);
+    let image_reads = || {
+        std::fs::read_to_string(counting.join("calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    // Keep the end-of-life image: this scenario is about findings.
+    let settings = node.file("settings.json", r#"{"deleteEOLImages": false}"#);
+    let pass = || {
+        let run = node
+            .worker(scour())
+            .arg("--trivy")
+            .arg(&trivy)
+            .arg("--settings")
+            .arg(&settings)
+            .run();
+        assert_eq!(run.code(), Some(0), "{}", run.stderr());
+        run
+    };
+
+    let first = pass();
+    let after_first = image_reads();
+    assert!(after_first >= 2, "clean and eol were analysed: {after_first}");
+    assert_eq!(first.summary("analysesReused"), 0);
+    assert_verdict(&first, &node, "clean", "kept", "clean");
+    let analyses = node.state_dir().join("analyses");
+    assert!(
+        analyses
+            .join(format!("{}.cdx.json", node.id("clean").replace(':', "-")))
+            .is_file(),
+        "the analysis of clean is kept in {}",
+        analyses.display()
+    );
+
+    // The DB is republished, with an advisory on the musl that clean has.
+    standard_db()
+        .advisory(Advisory::new("alpine 3.99", "musl", "CVE-TEST-0099", "CRITICAL").fixed("1.2.9-r2"))
+        .updated_at("2024-02-01T00:00:00Z")
+        .write(&node.trivy_cache())
+        .unwrap();
+    let second = pass();
+    assert_eq!(image_reads(), after_first, "the pass after the DB update read an image");
+    assert_eq!(second.summary("trivyRuns"), 0);
+    assert_eq!(second.summary("scanCacheHits"), 0, "results under the old DB are stale");
+    assert_eq!(second.summary("analysesReused"), first.summary("trivyRuns"));
+    assert_verdict(&second, &node, "clean", "removed", "vulnerable");
+    assert!(!node.has("clean"));
+    assert_verdict(&second, &node, "eol", "kept", "clean");
+
+    // A corrupt kept analysis is made again from the image, not trusted
+    // and not a failure.
+    let eol = analyses.join(format!("{}.cdx.json", node.id("eol").replace(':', "-")));
+    std::fs::write(&eol, b"{\"bomFormat\": \"CycloneDX\", \"trunc").unwrap();
+    standard_db()
+        .updated_at("2024-03-01T00:00:00Z")
+        .write(&node.trivy_cache())
+        .unwrap();
+    let third = pass();
+    assert_eq!(image_reads(), after_first + 1, "only eol was read again");
+    assert_eq!(third.summary("scanFailed"), 0);
+    assert_eq!(third.status(), "ok");
+    assert_verdict(&third, &node, "eol", "kept", "clean");
+    assert!(
+        std::fs::read_to_string(&eol).unwrap().contains("CycloneDX"),
+        "the corrupt analysis was replaced"
+    );
+    assert!(
+        !analyses
+            .join(format!("{}.cdx.json", node.id("clean").replace(':', "-")))
+            .exists(),
+        "the analysis of a removed image is deleted with it"
     );
 }
 

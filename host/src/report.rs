@@ -119,8 +119,14 @@ pub struct Summary {
     #[serde(default)]
     pub vulnerable: usize,
     pub scan_failed: usize,
+    /// Results reused: image, DB and scanner settings all unchanged.
     pub scan_cache_hits: usize,
+    /// Trivy runs that read an image's layers to analyse it.
     pub trivy_runs: usize,
+    /// Scans matched from a kept analysis, without reading the image
+    /// (after a DB update, say).
+    #[serde(default)]
+    pub analyses_reused: usize,
     pub removed: usize,
     pub would_remove: usize,
     pub kept: usize,
@@ -253,7 +259,7 @@ impl PassReport {
         let s = &self.summary;
         let mut out = t.render();
         out.push_str(&format!(
-            "\n{} on {}: {} images, {} removed ({} freed), {} would be removed, {} kept, {} failed; {} scanned ({} from cache, {} failed). Policy {} {} ({}).\n",
+            "\n{} on {}: {} images, {} removed ({} freed), {} would be removed, {} kept, {} failed; {} scanned ({} from cache, {} from kept analyses, {} failed). Policy {} {} ({}).\n",
             self.status.as_str(),
             self.node,
             s.images,
@@ -264,6 +270,7 @@ impl PassReport {
             s.failed,
             s.scanned,
             s.scan_cache_hits,
+            s.analyses_reused,
             s.scan_failed,
             self.policy.name,
             self.policy.version,

@@ -60,10 +60,12 @@ impl ScanCache {
         self.data.entries.retain(|id, _| present.contains(id.as_str()));
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.data.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.data.entries.is_empty()
     }

@@ -1,23 +1,30 @@
 //! Scan: run Trivy on the images the policy selected, with bounded
-//! concurrency, a per-image timeout, a total deadline, and a cache.
+//! concurrency, a per-image timeout and a total deadline, keeping what can
+//! be kept between passes. Each image is analysed once (its OS and packages,
+//! from its layers: the slow part) into an SBOM kept per image id; every
+//! pass matches the kept analysis against the current DB, and a result under
+//! an unchanged DB and settings is reused outright.
 //!
 //! Any failure — a missing binary, a crash, a hang, garbage output, a missing
 //! or corrupt DB — becomes `failed(reason)` for the images it affects, and is
 //! logged once per cause rather than once per image. A failed scan is a fact
 //! for the policy, never a reason by itself to remove anything.
 
+mod analysis;
 mod cache;
 pub mod limits;
 pub mod trivy;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use scour_policy_sdk::{Image, ScanOutcome, Severity};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use cache::ScanCache;
+use analysis::AnalysisStore;
+use cache::ScanCache;
 pub use trivy::{RunError, TrivyInfo, TrivyOptions};
 
 /// Limits for a scan step.
@@ -75,8 +82,10 @@ pub struct FailureGroup {
 #[derive(Debug, Default)]
 pub struct ScanRun {
     pub outcomes: HashMap<String, ScanOutcome>,
-    /// Trivy image scans started (cache hits excluded).
+    /// Trivy runs that read an image to analyse it.
     pub trivy_runs: usize,
+    /// Kept analyses matched against the DB without reading the image.
+    pub analyses_reused: usize,
     pub cache_hits: usize,
     pub failures: Vec<FailureGroup>,
     pub trivy: Option<TrivyInfo>,
@@ -91,9 +100,58 @@ impl ScanRun {
     }
 }
 
+/// What scanning keeps between passes under the worker's state dir: the
+/// results (valid under one DB and one set of scanner settings) and the
+/// image analyses (valid across DB updates).
+#[derive(Debug)]
+pub struct Kept {
+    state_dir: Option<PathBuf>,
+    results: ScanCache,
+    analyses: Option<std::sync::Arc<AnalysisStore>>,
+}
+
+impl Kept {
+    pub fn load(state_dir: Option<&Path>) -> Self {
+        Self {
+            state_dir: state_dir.map(Path::to_owned),
+            results: ScanCache::load(state_dir),
+            analyses: None,
+        }
+    }
+
+    /// Forgets images no longer on the node, and saves the results.
+    pub fn retain_and_save(&mut self, present: &HashSet<&str>) {
+        self.results.retain(present);
+        self.results.save();
+        if let Some(store) = &self.analyses {
+            store.retain(present);
+            let (count, bytes) = store.usage();
+            tracing::debug!(phase = "scan", analyses = count, bytes, "image analyses kept");
+        }
+    }
+
+    /// The store for analyses made under `key`, opened once per pass.
+    fn analyses(&mut self, key: &str) -> Result<std::sync::Arc<AnalysisStore>, String> {
+        if self.analyses.is_none() {
+            let store = AnalysisStore::open(self.state_dir.as_deref(), key).map_err(|e| {
+                let dir = self
+                    .state_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or("a temp dir".into());
+                format!("cannot keep image analyses under {dir}: {e}")
+            })?;
+            self.analyses = Some(std::sync::Arc::new(store));
+        }
+        self.analyses
+            .clone()
+            .ok_or_else(|| "no store for image analyses".to_owned())
+    }
+}
+
 /// Scans `images` (the policy's selection). Never fails as a whole: every
 /// image comes back with an outcome.
-pub async fn scan(opts: &ScanOptions, images: &[&Image], cache: &mut ScanCache, cancel: &CancellationToken) -> ScanRun {
+pub async fn scan(opts: &ScanOptions, images: &[&Image], kept: &mut Kept, cancel: &CancellationToken) -> ScanRun {
     let mut run = ScanRun::default();
     if images.is_empty() {
         return run;
@@ -114,11 +172,12 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], cache: &mut ScanCache, 
         }
     };
     let key = opts.trivy.result_key(&info);
+    let analysis_key = opts.trivy.analysis_key(&info);
     run.trivy = Some(info);
 
     let mut pending = Vec::new();
     for img in images {
-        match cache.get(&key, &img.id) {
+        match kept.results.get(&key, &img.id) {
             Some(hit) => {
                 run.cache_hits += 1;
                 run.outcomes.insert(img.id.clone(), hit.clone());
@@ -126,22 +185,47 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], cache: &mut ScanCache, 
             None => pending.push(*img),
         }
     }
+    if pending.is_empty() {
+        tracing::info!(
+            phase = "scan",
+            selected = images.len(),
+            cached = run.cache_hits,
+            "nothing to scan"
+        );
+        return run;
+    }
+    let store = match kept.analyses(&analysis_key) {
+        Ok(store) => store,
+        Err(reason) => {
+            tracing::error!(phase = "scan", images = pending.len(), %reason, "no image can be scanned");
+            for img in &pending {
+                run.outcomes.insert(img.id.clone(), ScanOutcome::Failed(reason.clone()));
+            }
+            run.failures.push(FailureGroup {
+                reason,
+                images: pending.len(),
+            });
+            return run;
+        }
+    };
+    let analysed = pending.iter().filter(|img| store.has(&img.id)).count();
     tracing::info!(
         phase = "scan",
         selected = images.len(),
         cached = run.cache_hits,
         to_scan = pending.len(),
+        analysed,
         concurrency = opts.concurrency,
         "scanning"
     );
 
     let finished = crate::bounded::map_bounded(pending, opts.concurrency, |img| {
         let refs = trivy::scan_refs(&img.digests, &img.tags);
-        let (id, trivy, cancel) = (img.id.clone(), opts.trivy.clone(), cancel.clone());
+        let (id, trivy, cancel, store) = (img.id.clone(), opts.trivy.clone(), cancel.clone(), store.clone());
         let per_image = opts.per_image_timeout;
         async move {
             let outcome = tokio::select! {
-                o = scan_one(&trivy, &refs, per_image, deadline) => o,
+                o = scan_one(&trivy, &store, &id, &refs, per_image, deadline) => o,
                 () = cancel.cancelled() => Attempt::failed("scan interrupted: scour is shutting down"),
             };
             (id, outcome)
@@ -151,10 +235,11 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], cache: &mut ScanCache, 
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
     for (id, attempt) in finished {
         run.trivy_runs += attempt.runs;
+        run.analyses_reused += usize::from(attempt.reused);
         if let ScanOutcome::Failed(_) = &attempt.outcome {
             *groups.entry(attempt.cause).or_default() += 1;
         } else {
-            cache.put(&key, &id, &attempt.outcome);
+            kept.results.put(&key, &id, &attempt.outcome);
         }
         run.outcomes.insert(id, attempt.outcome);
     }
@@ -199,59 +284,133 @@ struct Attempt {
     outcome: ScanOutcome,
     /// The reason with image-specific parts removed, to group failures.
     cause: String,
+    /// Trivy runs that read the image.
     runs: usize,
+    /// Matched from a kept analysis, without reading the image.
+    reused: bool,
 }
 
 impl Attempt {
     fn failed(reason: &str) -> Self {
+        Self::failed_after(reason.to_owned(), reason.to_owned(), 0)
+    }
+
+    fn failed_after(reason: String, cause: String, runs: usize) -> Self {
         Self {
-            outcome: ScanOutcome::Failed(reason.to_owned()),
-            cause: reason.to_owned(),
-            runs: 0,
+            outcome: ScanOutcome::Failed(reason),
+            cause,
+            runs,
+            reused: false,
+        }
+    }
+
+    fn scanned(report: scour_policy_sdk::ScanReport, runs: usize, reused: bool) -> Self {
+        Self {
+            outcome: ScanOutcome::Scanned(report),
+            cause: String::new(),
+            runs,
+            reused,
         }
     }
 }
 
-async fn scan_one(trivy: &TrivyOptions, refs: &[String], per_image: Duration, deadline: Instant) -> Attempt {
-    if refs.is_empty() {
-        return Attempt::failed("the image has no tag or digest to scan it by");
-    }
-    let mut last: Option<(String, String)> = None;
+const DEADLINE_PASSED: &str = "the scan step's total deadline passed before this image was scanned";
+
+/// Matches the image's kept analysis against the DB. Without a usable one,
+/// analyses the image first, by each of its references in turn, and keeps
+/// the analysis. A failed match keeps the analysis: the DB or Trivy failed,
+/// not the image's packages.
+async fn scan_one(
+    trivy: &TrivyOptions,
+    store: &AnalysisStore,
+    id: &str,
+    refs: &[String],
+    per_image: Duration,
+    deadline: Instant,
+) -> Attempt {
+    // Each Trivy run, the analysis and the match alike, gets the per-image
+    // timeout, within the step's deadline.
+    let budget = || per_image.min(deadline.saturating_duration_since(Instant::now()));
+    let Some(kept) = store.path(id) else {
+        return Attempt::failed("the image id is not a digest; it cannot be scanned");
+    };
     let mut runs = 0;
-    for r in refs {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            let reason = "the scan step's total deadline passed before this image was scanned".to_owned();
-            return Attempt {
-                outcome: ScanOutcome::Failed(reason.clone()),
-                cause: reason,
-                runs,
-            };
+    let mut reused = true;
+    match analysis::check(&kept) {
+        analysis::Check::Usable => {}
+        found => {
+            if let analysis::Check::Unusable(why) = found {
+                tracing::warn!(phase = "scan", image = id, %why, "a kept image analysis is unusable; analysing the image again");
+                store.discard(id);
+            }
+            reused = false;
+            if let Err(attempt) = analyse(trivy, store, id, refs, &budget, &mut runs).await {
+                return attempt;
+            }
         }
-        runs += 1;
-        match trivy.scan(r, per_image.min(remaining)).await {
-            Ok(report) => {
-                return Attempt {
-                    outcome: ScanOutcome::Scanned(report),
-                    cause: String::new(),
-                    runs,
+    }
+    let remaining = budget();
+    if remaining.is_zero() {
+        return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), runs);
+    }
+    match trivy.match_analysis(&kept, remaining).await {
+        Ok(report) => Attempt::scanned(report, runs, reused),
+        Err(e) => {
+            let reason = e.to_string();
+            Attempt::failed_after(reason.clone(), reason, runs)
+        }
+    }
+}
+
+/// Analyses the image into the store, trying each reference in turn.
+async fn analyse(
+    trivy: &TrivyOptions,
+    store: &AnalysisStore,
+    id: &str,
+    refs: &[String],
+    budget: &impl Fn() -> Duration,
+    runs: &mut usize,
+) -> Result<(), Attempt> {
+    if refs.is_empty() {
+        return Err(Attempt::failed("the image has no tag or digest to scan it by"));
+    }
+    let Some(scratch) = store.scratch(id) else {
+        return Err(Attempt::failed("the image id is not a digest; it cannot be scanned"));
+    };
+    let mut last = (String::new(), String::new());
+    for r in refs {
+        let remaining = budget();
+        if remaining.is_zero() {
+            let reason = DEADLINE_PASSED.to_owned();
+            return Err(Attempt::failed_after(reason.clone(), reason, *runs));
+        }
+        *runs += 1;
+        match trivy.analyse(r, &scratch, remaining).await {
+            Ok(()) => {
+                let kept = match analysis::check(&scratch) {
+                    analysis::Check::Usable => store
+                        .keep(id, &scratch)
+                        .map_err(|e| format!("cannot keep the image analysis: {e}")),
+                    analysis::Check::Unusable(why) | analysis::Check::Missing(why) => {
+                        Err(RunError::Garbage(format!("no usable analysis: {why}")).to_string())
+                    }
                 };
+                return kept.map_err(|reason| {
+                    let _ = std::fs::remove_file(&scratch);
+                    Attempt::failed_after(reason.clone(), reason, *runs)
+                });
             }
             Err(e) => {
                 let reason = e.to_string();
                 let cause = reason.replace(r.as_str(), "<image>");
                 let fatal = matches!(e, RunError::NotFound(_));
-                last = Some((reason, cause));
+                last = (reason, cause);
                 if fatal {
                     break;
                 }
             }
         }
     }
-    let (reason, cause) = last.unwrap_or_default();
-    Attempt {
-        outcome: ScanOutcome::Failed(reason),
-        cause,
-        runs,
-    }
+    let _ = std::fs::remove_file(&scratch);
+    Err(Attempt::failed_after(last.0, last.1, *runs))
 }

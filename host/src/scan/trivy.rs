@@ -144,12 +144,6 @@ impl TrivyOptions {
     /// its DB, and every setting that changes what a scan finds. A result
     /// kept under another key is not reused.
     pub fn result_key(&self, info: &TrivyInfo) -> String {
-        let sorted = |v: &[String]| {
-            let mut v = v.to_vec();
-            v.sort();
-            v.dedup();
-            v.join(",")
-        };
         format!(
             "trivy {} db {} scanners {SCANNERS} pkg-types [{}] ignore-status [{}]",
             info.version,
@@ -159,13 +153,49 @@ impl TrivyOptions {
         )
     }
 
-    /// Scans one image held by containerd, by tag or `repo@digest`.
-    pub async fn scan(&self, reference: &str, timeout: Duration) -> Result<ScanReport, RunError> {
+    /// What a kept analysis depends on besides the image: how Trivy
+    /// analyses it. Not the DB: an analysis outlives DB updates.
+    pub fn analysis_key(&self, info: &TrivyInfo) -> String {
+        format!(
+            "trivy {} pkg-types [{}] offline-scan {}",
+            info.version,
+            sorted(&self.pkg_types),
+            self.offline
+        )
+    }
+
+    /// Analyses one image held by containerd, by tag or `repo@digest`: its
+    /// OS and packages, as a CycloneDX SBOM written to `out`. Reads the
+    /// image's layers; needs no vulnerability DB.
+    pub async fn analyse(&self, reference: &str, out: &Path, timeout: Duration) -> Result<(), RunError> {
         let mut cmd = self.command();
         cmd.args([
             "image",
             "--image-src",
             "containerd",
+            "--format",
+            "cyclonedx",
+            "--skip-db-update",
+            "--skip-version-check",
+            "--disable-telemetry",
+            "-q",
+        ]);
+        cmd.arg("--output").arg(out);
+        cmd.arg("--cache-backend").arg(&self.cache_backend);
+        if self.offline {
+            cmd.arg("--offline-scan");
+        }
+        self.common_args(&mut cmd, timeout);
+        cmd.arg(reference);
+        self.run_bounded(cmd, timeout).await.map(drop)
+    }
+
+    /// Matches a kept analysis (`sbom`, from [`TrivyOptions::analyse`])
+    /// against the vulnerability DB. Reads no image.
+    pub async fn match_analysis(&self, sbom: &Path, timeout: Duration) -> Result<ScanReport, RunError> {
+        let mut cmd = self.command();
+        cmd.args([
+            "sbom",
             "--format",
             "json",
             "--scanners",
@@ -175,14 +205,6 @@ impl TrivyOptions {
             "--disable-telemetry",
             "-q",
         ]);
-        self.cache_args(&mut cmd);
-        cmd.arg("--cache-backend").arg(&self.cache_backend);
-        cmd.env("GOGC", "off")
-            .env("GOMEMLIMIT", self.go_memory_limit.to_string())
-            .env("GOMAXPROCS", self.go_max_procs.max(1).to_string());
-        if !self.pkg_types.is_empty() {
-            cmd.arg("--pkg-types").arg(self.pkg_types.join(","));
-        }
         if !self.ignore_statuses.is_empty() {
             cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
         }
@@ -191,14 +213,31 @@ impl TrivyOptions {
         } else if let Some(repo) = &self.db_repository {
             cmd.arg("--db-repository").arg(repo);
         }
-        // Trivy's own timeout first; ours, a little later, kills it for good.
-        cmd.arg("--timeout").arg(format!("{}s", timeout.as_secs().max(1)));
-        cmd.arg(reference);
-        let stdout = match self.run(cmd, timeout + KILL_GRACE).await {
-            Err(RunError::TimedOut(_)) => return Err(RunError::TimedOut(timeout)),
-            other => other?,
-        };
+        self.common_args(&mut cmd, timeout);
+        cmd.arg(sbom);
+        let stdout = self.run_bounded(cmd, timeout).await?;
         parse_report(&stdout).map_err(RunError::Garbage)
+    }
+
+    /// The cache dir, Go runtime limits, `--pkg-types` and Trivy's own
+    /// `--timeout`, shared by both kinds of run.
+    fn common_args(&self, cmd: &mut Command, timeout: Duration) {
+        self.cache_args(cmd);
+        cmd.env("GOGC", "off")
+            .env("GOMEMLIMIT", self.go_memory_limit.to_string())
+            .env("GOMAXPROCS", self.go_max_procs.max(1).to_string());
+        if !self.pkg_types.is_empty() {
+            cmd.arg("--pkg-types").arg(self.pkg_types.join(","));
+        }
+        cmd.arg("--timeout").arg(format!("{}s", timeout.as_secs().max(1)));
+    }
+
+    /// Trivy's own timeout first; ours, a little later, kills it for good.
+    async fn run_bounded(&self, cmd: Command, timeout: Duration) -> Result<Vec<u8>, RunError> {
+        match self.run(cmd, timeout + KILL_GRACE).await {
+            Err(RunError::TimedOut(_)) => Err(RunError::TimedOut(timeout)),
+            other => other,
+        }
     }
 
     async fn run(&self, mut cmd: Command, timeout: Duration) -> Result<Vec<u8>, RunError> {
@@ -229,6 +268,14 @@ impl TrivyOptions {
             format!("{how}: {detail}")
         }))
     }
+}
+
+/// A setting list in a canonical order, for keys.
+fn sorted(v: &[String]) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    v.dedup();
+    v.join(",")
 }
 
 /// The most telling line of Trivy's stderr: the FATAL line if any, else the

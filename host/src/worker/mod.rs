@@ -20,7 +20,7 @@ use crate::guard::Guard;
 use crate::policy::{LoadedPolicy, PolicyHandle};
 use crate::remove::{self, Outcome};
 use crate::report::{ImageAction, ImageResult, PassReport, PolicyRef, RemovalResult, Status};
-use crate::scan::{self, ScanCache, ScanOptions, Vulnerable};
+use crate::scan::{self, ScanOptions, Vulnerable};
 
 /// Where exclusion lists come from.
 #[derive(Debug, Clone, Default)]
@@ -190,19 +190,18 @@ async fn pass(
         }
     };
     report.summary.selected = selected.len();
-    let mut cache = ScanCache::load(cfg.state_dir.as_deref());
+    let mut kept = scan::Kept::load(cfg.state_dir.as_deref());
     let run = {
         let wanted: std::collections::HashSet<&str> = selected.iter().map(String::as_str).collect();
         let to_scan: Vec<&Image> = images.iter().filter(|i| wanted.contains(i.id.as_str())).collect();
-        scan::scan(&cfg.scan, &to_scan, &mut cache, cancel).await
+        scan::scan(&cfg.scan, &to_scan, &mut kept, cancel).await
     };
     for img in &mut images {
         if let Some(outcome) = run.outcomes.get(&img.id) {
             img.scan = outcome.clone();
         }
     }
-    cache.retain(&images.iter().map(|i| i.id.as_str()).collect());
-    cache.save();
+    kept.retain_and_save(&images.iter().map(|i| i.id.as_str()).collect());
     report.summary.scanned = images
         .iter()
         .filter(|i| matches!(i.scan, ScanOutcome::Scanned(_)))
@@ -211,6 +210,7 @@ async fn pass(
     report.summary.scan_failed = run.failed();
     report.summary.scan_cache_hits = run.cache_hits;
     report.summary.trivy_runs = run.trivy_runs;
+    report.summary.analyses_reused = run.analyses_reused;
     if !run.failures.is_empty() {
         let causes: Vec<String> = run
             .failures

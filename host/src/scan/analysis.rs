@@ -1,0 +1,264 @@
+//! Image analyses kept between passes: one CycloneDX SBOM per image id,
+//! written by `trivy image --format cyclonedx`, under
+//! `<state_dir>/analyses/`. An analysis depends on the image and on how it
+//! was analysed (Trivy's version, `--pkg-types`), never on the
+//! vulnerability DB, so after a DB update a pass matches the kept SBOM
+//! against the new DB (`trivy sbom`) without reading the image again.
+//!
+//! Bounded on disk by the node's images: entries of images no longer on the
+//! node are deleted after each pass, and a new analysis key deletes them all.
+//! Without a state dir the analyses live in a temp dir for one pass.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+const DIR: &str = "analyses";
+const KEY_FILE: &str = "KEY";
+const SUFFIX: &str = ".cdx.json";
+
+#[derive(Debug)]
+pub struct AnalysisStore {
+    dir: PathBuf,
+    /// Holds the dir of a store without a state dir until the pass ends.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl AnalysisStore {
+    /// Opens `<state_dir>/analyses` for `key`, emptying it when its entries
+    /// were made under another key.
+    pub fn open(state_dir: Option<&Path>, key: &str) -> io::Result<Self> {
+        let Some(state_dir) = state_dir else {
+            let temp = tempfile::Builder::new().prefix("scour-analyses-").tempdir()?;
+            return Ok(Self {
+                dir: temp.path().to_owned(),
+                _temp: Some(temp),
+            });
+        };
+        let dir = state_dir.join(DIR);
+        std::fs::create_dir_all(&dir)?;
+        let key_file = dir.join(KEY_FILE);
+        let current = std::fs::read_to_string(&key_file).unwrap_or_default();
+        if current != key {
+            if !current.is_empty() {
+                tracing::info!(phase = "scan", old = %current, new = %key, "image analyses were made another way; analysing again");
+            }
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.file_name().is_some_and(|n| n != KEY_FILE) {
+                    remove_quietly(&path);
+                }
+            }
+            crate::fsutil::write_atomically(&key_file, key.as_bytes())?;
+        }
+        Ok(Self { dir, _temp: None })
+    }
+
+    /// Where the analysis of image `id` lives; `None` for an id that is not
+    /// `algorithm:hex` (containerd) or bare hex (CRI-O) and so cannot name a
+    /// file safely.
+    pub fn path(&self, id: &str) -> Option<PathBuf> {
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        let name = match id.split_once(':') {
+            Some((algorithm, hex)) => (plain(algorithm) && plain(hex)).then(|| format!("{algorithm}-{hex}"))?,
+            None => plain(id).then(|| id.to_owned())?,
+        };
+        Some(self.dir.join(format!("{name}{SUFFIX}")))
+    }
+
+    /// A fresh path to write an analysis to before [`AnalysisStore::keep`]
+    /// moves it into place, so a half-written file is never taken for one.
+    pub fn scratch(&self, id: &str) -> Option<PathBuf> {
+        let done = self.path(id)?;
+        let name = done.file_name()?.to_string_lossy().into_owned();
+        Some(self.dir.join(format!(".{name}.{}.partial", std::process::id())))
+    }
+
+    /// Moves a finished analysis from `scratch` into place.
+    pub fn keep(&self, id: &str, scratch: &Path) -> io::Result<()> {
+        let done = self
+            .path(id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("not an image id: {id}")))?;
+        std::fs::rename(scratch, done)
+    }
+
+    pub fn has(&self, id: &str) -> bool {
+        self.path(id).is_some_and(|p| p.is_file())
+    }
+
+    /// Drops an analysis that turned out to be unusable.
+    pub fn discard(&self, id: &str) {
+        if let Some(p) = self.path(id) {
+            remove_quietly(&p);
+        }
+    }
+
+    /// Deletes the analyses of images not in `present`, and leftovers of
+    /// interrupted writes.
+    pub fn retain(&self, present: &HashSet<&str>) {
+        let keep: HashSet<PathBuf> = present.iter().filter_map(|id| self.path(id)).collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_key = path.file_name().is_some_and(|n| n == KEY_FILE);
+            if !is_key && !keep.contains(&path) {
+                remove_quietly(&path);
+            }
+        }
+    }
+
+    /// Analyses kept, and their size on disk.
+    pub fn usage(&self) -> (usize, u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return (0, 0);
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(SUFFIX))
+            .filter_map(|e| e.metadata().ok())
+            .fold((0, 0), |(n, bytes), m| (n + 1, bytes.saturating_add(m.len())))
+    }
+}
+
+/// Whether a file holds an analysis Trivy can match.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    Usable,
+    Missing(String),
+    /// There, but not an SBOM: corrupt, truncated or replaced.
+    Unusable(String),
+}
+
+/// Reads `path` enough to tell a CycloneDX SBOM of an image from anything
+/// else, so that a corrupt analysis is made again rather than failing the
+/// image's scan on every pass.
+pub fn check(path: &Path) -> Check {
+    #[derive(serde::Deserialize)]
+    struct Sbom {
+        #[serde(rename = "bomFormat")]
+        format: String,
+        metadata: Metadata,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        component: Component,
+    }
+    #[derive(serde::Deserialize)]
+    struct Component {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Check::Missing("no analysis".into()),
+        Err(e) => return Check::Unusable(format!("cannot read {}: {e}", path.display())),
+    };
+    match serde_json::from_slice::<Sbom>(&bytes) {
+        Ok(s) if s.format == "CycloneDX" && s.metadata.component.kind == "container" => Check::Usable,
+        Ok(s) => Check::Unusable(format!(
+            "not the SBOM of an image (bomFormat {:?}, component type {:?})",
+            s.format, s.metadata.component.kind
+        )),
+        Err(e) => Check::Unusable(format!("not a CycloneDX SBOM: {e}")),
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(phase = "scan", path = %path.display(), error = %e, "cannot delete a kept image analysis");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaa";
+    const B: &str = "sha256:bbbb";
+
+    fn write(store: &AnalysisStore, id: &str) {
+        let scratch = store.scratch(id).unwrap();
+        std::fs::write(&scratch, b"{}").unwrap();
+        store.keep(id, &scratch).unwrap();
+    }
+
+    #[test]
+    fn analyses_persist_under_one_key_and_a_new_key_clears_them() {
+        let d = tempfile::tempdir().unwrap();
+        let store = AnalysisStore::open(Some(d.path()), "trivy 1 pkg-types []").unwrap();
+        write(&store, A);
+        drop(store);
+        let store = AnalysisStore::open(Some(d.path()), "trivy 1 pkg-types []").unwrap();
+        assert!(store.has(A));
+        assert_eq!(store.usage(), (1, 2));
+        let store = AnalysisStore::open(Some(d.path()), "trivy 2 pkg-types []").unwrap();
+        assert!(!store.has(A), "another Trivy version analyses again");
+    }
+
+    #[test]
+    fn analyses_of_images_gone_from_the_node_are_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let store = AnalysisStore::open(Some(d.path()), "k").unwrap();
+        write(&store, A);
+        write(&store, B);
+        std::fs::write(store.scratch(A).unwrap(), b"half").unwrap();
+        store.retain(&HashSet::from([B]));
+        assert!(!store.has(A) && store.has(B));
+        assert_eq!(store.usage().0, 1, "the interrupted write is gone too");
+        assert!(d.path().join(DIR).join(KEY_FILE).is_file());
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_file_is_not_an_analysis() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.cdx.json");
+        assert!(matches!(check(&p), Check::Missing(_)));
+        let image = r#"{"bomFormat":"CycloneDX","specVersion":"1.7","metadata":{"component":{"type":"container","name":"x"}},"components":[]}"#;
+        std::fs::write(&p, image).unwrap();
+        assert_eq!(check(&p), Check::Usable);
+        for bad in [
+            &image[..image.len() / 2],
+            "",
+            "null",
+            r#"{"bomFormat":"SPDX","metadata":{"component":{"type":"container"}}}"#,
+            r#"{"bomFormat":"CycloneDX","metadata":{"component":{"type":"library"}}}"#,
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            assert!(matches!(check(&p), Check::Unusable(_)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_digest_names_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let store = AnalysisStore::open(Some(d.path()), "k").unwrap();
+        assert!(store.path("0123abcd").is_some(), "CRI-O's bare hex ids are fine");
+        for id in [
+            "../../etc/passwd",
+            "sha256:",
+            "sha256:../x",
+            ":abc",
+            "sha256:a/b",
+            "",
+            "a:b:c",
+        ] {
+            assert!(store.path(id).is_none(), "{id}");
+            assert!(!store.has(id));
+        }
+        assert!(store.keep("x/../y", Path::new("/nonexistent")).is_err());
+    }
+
+    #[test]
+    fn without_a_state_dir_analyses_live_for_one_pass() {
+        let store = AnalysisStore::open(None, "k").unwrap();
+        write(&store, A);
+        let dir = store.dir.clone();
+        assert!(dir.is_dir());
+        drop(store);
+        assert!(!dir.exists());
+    }
+}
