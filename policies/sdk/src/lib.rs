@@ -9,6 +9,15 @@
 //!
 //! The crate is plain Rust with no WebAssembly-only code. Guests get their WIT
 //! glue from `scour-policy-guest`.
+//!
+//! It parses what people and other programs write (references, patterns,
+//! settings, snapshots) inside the host, so, as there, no panic may be
+//! reachable from input: clippy refuses `unwrap`, `expect`, `panic!` and
+//! unchecked indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
 
 pub mod model;
 pub mod pattern;

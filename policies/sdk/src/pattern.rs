@@ -99,7 +99,7 @@ impl fmt::Display for Pattern {
 }
 
 fn under(repo: &str, prefix: &str) -> bool {
-    repo.len() > prefix.len() && repo.starts_with(prefix) && repo.as_bytes()[prefix.len()] == b'/'
+    repo.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn parse_kind(text: &str) -> Result<Kind, PatternError> {
@@ -191,9 +191,8 @@ impl<'a> ImageNames<'a> {
 /// Length of the repository in `repository:tag`: up to the last ':' that
 /// is not part of a registry port.
 fn repository_len(full: &str) -> usize {
-    let b = full.as_bytes();
-    for i in (0..b.len()).rev() {
-        match b[i] {
+    for (i, &b) in full.as_bytes().iter().enumerate().rev() {
+        match b {
             b':' => return i,
             b'/' => break,
             _ => {}

@@ -235,11 +235,13 @@ fn looks_canonical_name(name: &str) -> bool {
 /// references at all are kept as they are.
 pub fn normalize_for_matching(input: &str) -> Cow<'_, str> {
     let name_end = input.bytes().position(|b| b == b'@').unwrap_or(input.len());
-    let name = &input[..name_end];
-    let has_tag = name.rfind([':', '/']).is_some_and(|i| name.as_bytes()[i] == b':');
+    let name = input.get(..name_end).unwrap_or(input);
+    let has_tag = name
+        .rfind([':', '/'])
+        .is_some_and(|i| name.as_bytes().get(i) == Some(&b':'));
     let versioned = has_tag || name_end < input.len();
     let name_only = if has_tag {
-        &name[..name.rfind(':').unwrap_or(name.len())]
+        name.rsplit_once(':').map_or(name, |(repo, _)| repo)
     } else {
         name
     };
@@ -360,8 +362,8 @@ fn split_name(name: &str) -> Result<(Option<&str>, &str), ReferenceError> {
 /// inner hyphens.
 fn validate_domain(domain: &str) -> Result<(), ReferenceError> {
     let bad = || ReferenceError::InvalidName(domain.to_owned());
-    let (host, port) = match domain.bytes().rposition(|b| b == b':') {
-        Some(i) => (&domain.as_bytes()[..i], Some(&domain.as_bytes()[i + 1..])),
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((host, port)) => (host.as_bytes(), Some(port.as_bytes())),
         None => (domain.as_bytes(), None),
     };
     if let Some(port) = port
@@ -396,34 +398,21 @@ fn validate_path(path: &str, whole: &str) -> Result<(), ReferenceError> {
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
 fn component_ok(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+    let alnum = |x: char| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if !c.starts_with(alnum) || !c.ends_with(alnum) {
         return false;
     }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
+    // Between runs of [a-z0-9], each separator run must be one of the few
+    // allowed ones.
+    c.split(alnum)
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-'))
 }
 
 fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     let b = tag.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-    if !b.is_empty() && b.len() <= 128 && word(b[0]) && b.iter().all(|&x| word(x) || x == b'.' || x == b'-') {
+    if b.len() <= 128 && b.first().is_some_and(|&x| word(x)) && b.iter().all(|&x| word(x) || x == b'.' || x == b'-') {
         Ok(())
     } else {
         Err(ReferenceError::InvalidTag(tag.to_owned()))
@@ -485,6 +474,32 @@ mod tests {
             Cow::Borrowed(_)
         ));
         assert!(matches!(normalize_repository_cow("org/app").unwrap(), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn separators_and_ports_follow_the_distribution_grammar() {
+        for good in [
+            "a__b/c",
+            "a---b",
+            "a.b_c",
+            "reg.io:5000/app",
+            "localhost:1/x",
+            "a1/b2:t_1.0-x",
+        ] {
+            assert!(Reference::parse(good).is_ok(), "{good:?} should parse");
+        }
+        for bad in [
+            "a___b",
+            "a.-b",
+            "a_",
+            "_a",
+            "reg.io:/app",
+            "reg.io:50a0/app",
+            "reg-.io/app",
+            "a/b:-t",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
     }
 
     #[test]
