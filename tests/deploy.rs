@@ -444,6 +444,84 @@ fn every_optional_value_still_renders_objects_that_survive_a_round_trip() {
 }
 
 #[test]
+fn the_shared_trivy_server_is_off_by_default_and_wires_the_workers_when_on() {
+    let Some(helm) = Helm::find() else { return };
+    let off = Rendered::parse(&helm.template(&[]), "helm template (defaults)");
+    assert_eq!(off.deployments().len(), 1, "only the controller by default");
+    assert_eq!(off.config().trivy_server().unwrap(), None);
+
+    let on = Rendered::parse(
+        &helm.template(&[
+            "--set",
+            "trivyServer.enabled=true,trivyServer.port=5000,scanner.config.dbRepo=mirror.example.com/trivy-db",
+        ]),
+        "helm template (trivyServer.enabled)",
+    );
+    let url = on.config().trivy_server().unwrap().expect("scour.trivyServer is set");
+    assert_eq!(url.as_str(), "http://scour-trivy-server.kube-system.svc:5000");
+    let server = on
+        .deployments()
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some("scour-trivy-server"))
+        .expect("a scour-trivy-server Deployment");
+    let spec = server.spec.as_ref().unwrap();
+    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    let container = &spec.template.spec.as_ref().unwrap().containers[0];
+    let args = container.args.as_ref().unwrap();
+    assert_eq!(
+        container.command.as_ref().unwrap(),
+        &vec!["/usr/local/bin/trivy".to_owned()]
+    );
+    assert!(args.contains(&"--listen=0.0.0.0:5000".to_owned()), "{args:?}");
+    assert!(
+        args.contains(&"--db-repository=mirror.example.com/trivy-db".to_owned()),
+        "the server downloads the DB from the config's dbRepo: {args:?}"
+    );
+    let service = on
+        .services()
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some("scour-trivy-server"))
+        .expect("a scour-trivy-server Service");
+    let selector = service.spec.as_ref().unwrap().selector.as_ref().unwrap();
+    assert!(
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the Service selects the server's pods"
+    );
+    let controller = on
+        .deployments()
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some(CONTROLLER))
+        .unwrap();
+    let controller_labels = controller
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert!(
+        !selector.iter().all(|(k, v)| controller_labels.get(k) == Some(v)),
+        "the Service must not select the controller"
+    );
+    let controller_selector = controller
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .as_ref()
+        .unwrap();
+    assert!(
+        !controller_selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the controller's Deployment must not select the server's pods"
+    );
+}
+
+#[test]
 fn every_plain_manifest_is_a_known_kubernetes_object() {
     let dir = workspace_root().join(MANIFESTS);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();

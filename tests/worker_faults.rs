@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use scour_testkit::fake_cri::{FakeCri, FakeState, container, image};
 use scour_testkit::fake_trivy::{Misbehaviour, counting_trivy, fake_trivy, fake_trivy_calls};
 use scour_testkit::scenario::{Run, TestNode, clean, standard_db, vulnerable};
+use scour_testkit::trivy_server::{TrivyServer, free_port, garbage_server};
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
@@ -174,6 +175,74 @@ fn a_corrupt_db_is_a_failed_scan_with_trivys_reason() {
     assert_eq!(fake_trivy_calls(counting.path()), 0, "an image was read again");
     assert_eq!(run.summary("analysesReused"), kept as u64);
     assert!(!node.has("a") && !node.has("b") && node.has("clean"));
+}
+
+#[test]
+fn a_trivy_server_that_is_down_keeps_every_image_and_degrades_the_pass() {
+    let Some(node) = small_node() else { return };
+    let down = free_port();
+    let run = node
+        .worker(scour())
+        .arg("--trivy-server")
+        .arg(format!("http://{down}"))
+        .run();
+    assert_scans_failed(
+        &run,
+        &node,
+        &format!("the trivy server at http://{down} cannot be reached"),
+    );
+}
+
+#[test]
+fn a_trivy_server_answering_garbage_keeps_every_image_and_degrades_the_pass() {
+    let Some(node) = small_node() else { return };
+    let garbage = garbage_server(b"HTTP/1.0 200 OK\r\n\r\n<html>a proxy's login page</html>");
+    let run = node
+        .worker(scour())
+        .arg("--trivy-server")
+        .arg(format!("http://{garbage}"))
+        .run();
+    assert_scans_failed(&run, &node, "answered /version with");
+}
+
+#[test]
+fn a_trivy_server_that_stops_mid_pass_fails_the_scans_it_had_not_done() {
+    let Some(node) = small_node() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    standard_db().write(cache.path()).unwrap();
+    let mut server = TrivyServer::start(&node.trivy, cache.path());
+    // A Trivy that stops the server as soon as the first scan starts.
+    let wrapper = tempfile::tempdir().unwrap();
+    let trivy = wrapper.path().join("trivy");
+    let pid_file = cache.path().join("pid");
+    std::fs::write(&pid_file, server.pid().to_string()).unwrap();
+    std::fs::write(
+        &trivy,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" != version ]; then kill $(cat '{}') 2>/dev/null; sleep 0.5; fi\nexec '{}' \"$@\"\n",
+            pid_file.display(),
+            node.trivy.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&trivy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = node
+        .worker(scour())
+        .arg("--trivy")
+        .arg(&trivy)
+        .arg("--trivy-server")
+        .arg(server.url())
+        .run();
+    server.stop();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "degraded");
+    assert_eq!(run.summary("removed"), 0);
+    for role in ["a", "b", "clean"] {
+        let (action, why) = run.verdict(&node.id(role));
+        assert_eq!(action, "kept", "{role}");
+        assert!(why.starts_with("scan-failed: "), "{role}: {why}");
+        assert!(node.has(role));
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use scour_testkit::guests::hostile_guest_path;
 use scour_testkit::scenario::{
     Run, TestNode, clean, end_of_life, runnable_vulnerable, standard_db, vulnerable, wait_for,
 };
+use scour_testkit::trivy_server::TrivyServer;
 use scour_testkit::trivydb::Advisory;
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
@@ -404,6 +405,58 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
             .exists(),
         "the analysis of a removed image is deleted with it"
     );
+}
+
+#[test]
+fn two_nodes_scan_through_one_trivy_server_and_keep_no_db_of_their_own() {
+    let images = || {
+        vec![
+            ("vulnerable", vulnerable("localhost/test/vulnerable:1", "vulnerable")),
+            ("clean", clean("localhost/test/clean:1", "clean")),
+        ]
+    };
+    let Some(mut a) = TestNode::start() else { return };
+    let Some(mut b) = TestNode::start() else { return };
+    a.import(images());
+    b.import(images());
+    let server_cache = tempfile::tempdir().unwrap();
+    standard_db().write(server_cache.path()).unwrap();
+    let server = TrivyServer::start(&a.trivy, server_cache.path());
+    for node in [&a, &b] {
+        std::fs::remove_dir_all(node.trivy_cache().join("db")).unwrap();
+    }
+
+    for node in [&a, &b] {
+        let run = node.worker(scour()).arg("--trivy-server").arg(server.url()).run();
+        assert_eq!(run.code(), Some(0), "{}", run.stderr());
+        assert_eq!(run.status(), "ok", "{}", run.stderr());
+        assert_verdict(&run, node, "vulnerable", "removed", "vulnerable");
+        assert_verdict(&run, node, "clean", "kept", "clean");
+        assert!(
+            !node.trivy_cache().join("db").exists(),
+            "a node fetched a DB of its own"
+        );
+    }
+    assert!(
+        server_cache.path().join("fanal").is_dir(),
+        "the server keeps the layer analyses: {}",
+        server.log_text()
+    );
+
+    // The DB is updated on the server only: the nodes' next passes see it
+    // (results keyed by the server's DB) and read no image.
+    standard_db()
+        .advisory(Advisory::new("alpine 3.99", "musl", "CVE-TEST-0099", "CRITICAL").fixed("1.2.9-r2"))
+        .updated_at("2024-02-01T00:00:00Z")
+        .write(server_cache.path())
+        .unwrap();
+    drop(server);
+    let server = TrivyServer::start(&a.trivy, server_cache.path());
+    let run = a.worker(scour()).arg("--trivy-server").arg(server.url()).run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.summary("trivyRuns"), 0);
+    assert!(run.summary("analysesReused") >= 1);
+    assert_verdict(&run, &a, "clean", "removed", "vulnerable");
 }
 
 fn imagelist(node: &TestNode, entries: &[String]) -> PathBuf {

@@ -197,6 +197,9 @@ pub struct ScourConfig {
     /// remove nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// A shared `trivy server` (`http://HOST[:PORT]`) that workers scan
+    /// through, instead of each node keeping its own vulnerability DB.
+    pub trivy_server: Option<String>,
 }
 
 /// Where the policy comes from. Without `configMap` or `path` the workers run
@@ -635,6 +638,7 @@ impl Loaded {
         }
         scour_policy_sdk::PatternSet::parse(&scour.sandbox_images)
             .map_err(|e| ConfigError::field("scour.sandboxImages", FieldError::Invalid(e.to_string())))?;
+        self.trivy_server()?;
         self.interval()?;
         Ok(())
     }
@@ -760,6 +764,18 @@ impl Loaded {
     /// `scour.dryRun`: runs report what they would remove, and remove nothing.
     pub fn dry_run(&self) -> bool {
         self.config.scour.dry_run
+    }
+
+    /// `scour.trivyServer`: the shared Trivy server workers scan through.
+    pub fn trivy_server(&self) -> Result<Option<crate::scan::trivy::ServerUrl>, ConfigError> {
+        self.config
+            .scour
+            .trivy_server
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(crate::scan::trivy::ServerUrl::parse)
+            .transpose()
+            .map_err(|e| ConfigError::field("scour.trivyServer", FieldError::Invalid(e)))
     }
 
     /// Which scanned images count as vulnerable: the scanner config's
@@ -1058,10 +1074,14 @@ components:
     fn scour_extensions_are_documented_fields_checked_by_path() {
         let digest = format!("sha256:{}", "a".repeat(64));
         let good = format!(
-            "{ERASER_DEFAULT}scour:\n  policy:\n    configMap: my-policy\n    sha256: \"{digest}\"\n    settings: '{{\"maxAgeDays\": 30}}'\n  rollout:\n    maxConcurrency: 10%\n    pendingTimeout: 10m\n  schedule:\n    interval: 168h\n  sandboxImages: [\"registry.k8s.io/pause:*\"]\n"
+            "{ERASER_DEFAULT}scour:\n  policy:\n    configMap: my-policy\n    sha256: \"{digest}\"\n    settings: '{{\"maxAgeDays\": 30}}'\n  rollout:\n    maxConcurrency: 10%\n    pendingTimeout: 10m\n  schedule:\n    interval: 168h\n  sandboxImages: [\"registry.k8s.io/pause:*\"]\n  trivyServer: http://trivy.scour.svc:4954\n"
         );
         let l = Loaded::parse(&good).unwrap();
         assert_eq!(l.config.scour.policy.config_map.as_deref(), Some("my-policy"));
+        assert_eq!(
+            l.trivy_server().unwrap().map(|u| u.to_string()).as_deref(),
+            Some("http://trivy.scour.svc:4954")
+        );
         assert_eq!(parse_concurrency("10%").unwrap().of(273), 28);
         assert_eq!(parse_concurrency("10%").unwrap().of(3), 1);
         assert_eq!(parse_concurrency("5").unwrap().of(3), 5);
@@ -1084,6 +1104,16 @@ components:
             ),
             ("interval: 168h", "intervals: 168h", "scour.schedule.intervals"),
             ("maxAgeDays\": 30}'", "maxAgeDays\": }'", "scour.policy.settings"),
+            (
+                "http://trivy.scour.svc:4954",
+                "https://trivy.scour.svc:4954",
+                "scour.trivyServer",
+            ),
+            (
+                "http://trivy.scour.svc:4954",
+                "http://trivy.scour.svc:port",
+                "scour.trivyServer",
+            ),
         ] {
             let err = Loaded::parse(&good.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(needle), "{to}: {err}");

@@ -120,6 +120,11 @@ pub struct WorkerArgs {
     /// Soft memory limit of each Trivy process (Go's GOMEMLIMIT; garbage collection waits until then).
     #[arg(long, env = "SCOUR_TRIVY_MEMORY_LIMIT", default_value = "512MiB", value_parser = parse_bytes, value_name = "SIZE")]
     trivy_memory_limit: u64,
+    /// Scan through a shared `trivy server` at http://HOST[:PORT], which holds
+    /// the vulnerability DB and the layer cache; this node then needs no DB
+    /// [default: scour.trivyServer from --config].
+    #[arg(long, env = "SCOUR_TRIVY_SERVER", value_parser = crate::scan::trivy::ServerUrl::parse, value_name = "URL")]
+    trivy_server: Option<crate::scan::trivy::ServerUrl>,
     /// Trivy's layer cache: memory (parallel scans share no lock; scour caches results per image itself) or fs.
     #[arg(long, env = "SCOUR_TRIVY_CACHE_BACKEND", default_value = "memory", value_parser = ["memory", "fs"], value_name = "BACKEND")]
     trivy_cache_backend: String,
@@ -327,6 +332,10 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
         go_memory_limit: args.trivy_memory_limit,
         containerd_socket,
         namespace: "k8s.io".to_owned(),
+        server: match &args.trivy_server {
+            Some(url) => Some(url.clone()),
+            None => eraser.as_ref().map(Loaded::trivy_server).transpose()?.flatten(),
+        },
     };
     if let Some(checks) = scanner.and_then(|s| s.vulnerabilities.security_checks.as_ref())
         && checks.iter().any(|c| c != "vuln")

@@ -257,6 +257,9 @@ async fn prepare(opts: &ScanOptions) -> Result<TrivyInfo, String> {
     if info.db_updated_at.is_some() {
         return Ok(info);
     }
+    if let Some(server) = &opts.trivy.server {
+        return Err(format!("the trivy server at {server} has no vulnerability DB yet"));
+    }
     let where_ = opts
         .trivy
         .cache_dir

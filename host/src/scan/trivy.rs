@@ -43,6 +43,57 @@ pub struct TrivyOptions {
     pub containerd_socket: PathBuf,
     /// The containerd namespace CRI uses.
     pub namespace: String,
+    /// A shared `trivy server` that holds the DB and the layer cache; scans
+    /// run as its clients (`--server`) and this node keeps no DB.
+    pub server: Option<ServerUrl>,
+}
+
+/// Where a `trivy server` listens: `http://HOST[:PORT]` (Trivy's server
+/// speaks plain HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    url: String,
+    /// `HOST:PORT`, to connect to.
+    authority: String,
+}
+
+impl ServerUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{text:?} is not an http:// URL (a Trivy server speaks plain HTTP)"))?;
+        let host_port = rest.strip_suffix('/').unwrap_or(rest);
+        if host_port.is_empty() || host_port.contains(['/', '?', '#', '@', ' ']) {
+            return Err(format!("{text:?}: give http://HOST[:PORT] and nothing more"));
+        }
+        let authority = match host_port.rsplit_once(':') {
+            // `[v6]` alone has colons but no port.
+            _ if host_port.ends_with(']') => format!("{host_port}:80"),
+            Some((host, port)) => {
+                if host.is_empty() {
+                    return Err(format!("{text:?}: no host"));
+                }
+                port.parse::<u16>()
+                    .map_err(|_| format!("{text:?}: the port {port:?} is not a number from 0 to 65535"))?;
+                host_port.to_owned()
+            }
+            None => format!("{host_port}:80"),
+        };
+        Ok(Self {
+            url: format!("http://{host_port}"),
+            authority,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 /// What Trivy looks for (`--scanners`).
@@ -97,28 +148,24 @@ impl TrivyOptions {
         }
     }
 
-    /// Asks the binary for its version and its DB's `UpdatedAt`.
+    /// Asks the binary for its version, and it or the server for the DB's
+    /// `UpdatedAt`.
     pub async fn info(&self, timeout: Duration) -> Result<TrivyInfo, RunError> {
         let mut cmd = self.command();
         cmd.args(["version", "--format", "json"]);
         self.cache_args(&mut cmd);
-        let stdout = self.run(cmd, timeout).await?;
-        #[derive(Deserialize)]
-        struct Version {
-            #[serde(rename = "Version")]
-            version: String,
-            #[serde(rename = "VulnerabilityDB")]
-            db: Option<Db>,
-        }
-        #[derive(Deserialize)]
-        struct Db {
-            #[serde(rename = "UpdatedAt")]
-            updated_at: Option<String>,
-        }
-        let v: Version = serde_json::from_slice(&stdout).map_err(|e| RunError::Garbage(e.to_string()))?;
+        let local = parse_version(&self.run(cmd, timeout).await?)?;
+        let Some(server) = &self.server else {
+            return Ok(local);
+        };
+        let answer = http_get(server, "/version", timeout)
+            .await
+            .map_err(|e| RunError::Failed(format!("the trivy server at {server} cannot be reached: {e}")))?;
+        let remote = parse_version(&answer)
+            .map_err(|e| RunError::Garbage(format!("the trivy server at {server} answered /version with {e}")))?;
         Ok(TrivyInfo {
-            version: v.version,
-            db_updated_at: v.db.and_then(|d| d.updated_at).filter(|u| !u.starts_with("0001-")),
+            version: local.version,
+            db_updated_at: remote.db_updated_at,
         })
     }
 
@@ -181,7 +228,14 @@ impl TrivyOptions {
             "-q",
         ]);
         cmd.arg("--output").arg(out);
-        cmd.arg("--cache-backend").arg(&self.cache_backend);
+        match &self.server {
+            Some(server) => {
+                cmd.arg("--server").arg(server.as_str());
+            }
+            None => {
+                cmd.arg("--cache-backend").arg(&self.cache_backend);
+            }
+        }
         if self.offline {
             cmd.arg("--offline-scan");
         }
@@ -208,7 +262,10 @@ impl TrivyOptions {
         if !self.ignore_statuses.is_empty() {
             cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
         }
-        if self.offline {
+        if let Some(server) = &self.server {
+            // The server holds the DB and keeps it fresh.
+            cmd.arg("--server").arg(server.as_str());
+        } else if self.offline {
             cmd.args(["--skip-db-update", "--offline-scan"]);
         } else if let Some(repo) = &self.db_repository {
             cmd.arg("--db-repository").arg(repo);
@@ -268,6 +325,72 @@ impl TrivyOptions {
             format!("{how}: {detail}")
         }))
     }
+}
+
+/// `trivy version --format json`, from the binary or a server's `/version`.
+fn parse_version(json: &[u8]) -> Result<TrivyInfo, RunError> {
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(rename = "Version")]
+        version: String,
+        #[serde(rename = "VulnerabilityDB")]
+        db: Option<Db>,
+    }
+    #[derive(Deserialize)]
+    struct Db {
+        #[serde(rename = "UpdatedAt")]
+        updated_at: Option<String>,
+    }
+    let v: Version = serde_json::from_slice(json).map_err(|e| {
+        let start: String = String::from_utf8_lossy(json).chars().take(80).collect();
+        RunError::Garbage(format!("{e} in {start:?}"))
+    })?;
+    Ok(TrivyInfo {
+        version: v.version,
+        db_updated_at: v.db.and_then(|d| d.updated_at).filter(|u| !u.starts_with("0001-")),
+    })
+}
+
+/// The body of a plain HTTP/1.0 GET of `path` on a Trivy server, with
+/// `TRIVY_TOKEN` in `TRIVY_TOKEN_HEADER` (Trivy's own variables) if set.
+async fn http_get(server: &ServerUrl, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX: u64 = 1 << 20;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&server.authority).await?;
+        let mut request = format!(
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: scour\r\n",
+            server.authority
+        );
+        if let Ok(token) = std::env::var("TRIVY_TOKEN") {
+            let header = std::env::var("TRIVY_TOKEN_HEADER").unwrap_or_else(|_| "Trivy-Token".into());
+            request.push_str(&format!("{header}: {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.take(MAX).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+        .map_err(|e| e.to_string())?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("an answer that is not HTTP")?;
+    let (head, body) = answer.split_at(split);
+    let status_line = String::from_utf8_lossy(head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let ok = status_line.starts_with("HTTP/1.") && status_line.split_whitespace().nth(1) == Some("200");
+    if !ok {
+        return Err(format!("{path} answered {status_line:?}"));
+    }
+    Ok(body.get(4..).unwrap_or_default().to_vec())
 }
 
 /// A setting list in a canonical order, for keys.
@@ -418,6 +541,78 @@ mod tests {
         let r = parse_report(br#"{"SchemaVersion":2,"Results":[{"Vulnerabilities":[{"VulnerabilityID":"X","Severity":"WEIRD","FixedVersion":""}]}]}"#).unwrap();
         assert_eq!(r.findings[0].severity, Severity::Unknown);
         assert_eq!(r.findings[0].fixed, None);
+    }
+
+    #[test]
+    fn a_server_url_is_plain_http_host_and_port() {
+        for (text, authority) in [
+            ("http://trivy.kube-system.svc:4954", "trivy.kube-system.svc:4954"),
+            ("http://trivy.kube-system.svc:4954/", "trivy.kube-system.svc:4954"),
+            ("http://10.0.0.1", "10.0.0.1:80"),
+            ("http://[::1]:4954", "[::1]:4954"),
+            ("http://[::1]", "[::1]:80"),
+        ] {
+            let url = ServerUrl::parse(text).unwrap();
+            assert_eq!(url.authority, authority, "{text}");
+        }
+        for bad in [
+            "https://trivy:4954",
+            "trivy:4954",
+            "http://",
+            "http://trivy:99999",
+            "http://trivy:port",
+            "http://trivy:4954/twirp",
+            "http://:4954",
+            "http://user@trivy",
+        ] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A one-shot HTTP server on loopback that answers `answer`.
+    fn answering(answer: &'static [u8]) -> ServerUrl {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(answer);
+        });
+        ServerUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_that_answers_anything_but_its_version_is_refused() {
+        let t = Duration::from_secs(5);
+        let ok = answering(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"Version\":\"0.76.0\",\"VulnerabilityDB\":{\"UpdatedAt\":\"2024-02-01T00:00:00Z\"}}");
+        let body = http_get(&ok, "/version", t).await.unwrap();
+        let info = parse_version(&body).unwrap();
+        assert_eq!(info.db_updated_at.as_deref(), Some("2024-02-01T00:00:00Z"));
+
+        let missing = answering(b"HTTP/1.0 404 Not Found\r\n\r\nno");
+        let e = http_get(&missing, "/version", t).await.unwrap_err();
+        assert!(e.contains("404"), "{e}");
+        let not_http = answering(b"SSH-2.0-OpenSSH_9.2\r\n");
+        assert!(
+            http_get(&not_http, "/version", t)
+                .await
+                .unwrap_err()
+                .contains("not HTTP")
+        );
+        let garbage = answering(b"HTTP/1.0 200 OK\r\n\r\n<html>hello</html>");
+        let body = http_get(&garbage, "/version", t).await.unwrap();
+        assert!(matches!(parse_version(&body), Err(RunError::Garbage(m)) if m.contains("<html>")));
+
+        // Nothing listening: a clear error, not a hang.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down = ServerUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        assert!(http_get(&down, "/version", t).await.unwrap_err().contains("refused"));
     }
 
     #[test]

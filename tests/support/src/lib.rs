@@ -14,4 +14,5 @@ pub mod images;
 pub mod kubelet;
 pub mod nodes;
 pub mod scenario;
+pub mod trivy_server;
 pub mod trivydb;

@@ -39,6 +39,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: controller
 {{- end -}}
 
+{{- define "scour.trivyServerName" -}}scour-trivy-server{{- end -}}
+
+{{/* Selects the shared Trivy server's pods. */}}
+{{- define "scour.trivyServerSelectorLabels" -}}
+app.kubernetes.io/name: scour
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: trivy-server
+{{- end -}}
+
 {{/*
 The system exclusion list: images no policy may remove. Patterns are exact
 references, `prefix/*` (anything below the prefix) or `repo:*` (any tag of
