@@ -6,9 +6,15 @@
 //! sorted tar entries and compact JSON with sorted keys, so image ids and
 //! digests can be predicted. The CRI image id is `sha256:` + the sha256 of
 //! the config JSON ([`BuiltImage::image_id`]).
+//!
+//! A layer can also be a tar file already on disk ([`Layer::from_tar_file`],
+//! e.g. the 200 MB Debian root filesystem of [`crate::debian`]): it is never
+//! held in memory by [`write_docker_archive`], [`OciLayout::write_tar`] or
+//! [`OciLayout::write_dir`], which stream it from disk.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,12 +69,58 @@ pub struct File {
     pub contents: Vec<u8>,
 }
 
+/// An uncompressed layer tar on disk: its path, size and diff id
+/// (`sha256:<hex>` of its bytes), which the caller vouches for (see
+/// [`TarFile::hash`]). Writers check the size before streaming it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TarFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub diff_id: String,
+}
+
+impl TarFile {
+    /// Reads `path` once to compute its size and diff id.
+    pub fn hash(path: &Path) -> io::Result<Self> {
+        let mut hasher = HashingWriter::new(io::sink());
+        io::copy(&mut fs::File::open(path)?, &mut hasher)?;
+        let (_, diff_id, size) = hasher.finish();
+        Ok(Self {
+            path: path.to_owned(),
+            size,
+            diff_id,
+        })
+    }
+
+    /// Opens the file, checking that its size is still [`TarFile::size`].
+    fn open(&self) -> io::Result<io::Take<fs::File>> {
+        let file = fs::File::open(&self.path)?;
+        let len = file.metadata()?.len();
+        if len != self.size {
+            return Err(io::Error::other(format!(
+                "layer tar {} is {len} bytes, expected {} (changed since it was hashed?)",
+                self.path.display(),
+                self.size
+            )));
+        }
+        Ok(file.take(self.size))
+    }
+
+    fn read(&self) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(self.size as usize);
+        self.open()?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 /// A layer: files (parent directories are added as 0755 entries) and the
-/// `created_by` of its history entry.
+/// `created_by` of its history entry; or, with `tar_file`, a tar already on
+/// disk ([`Layer::from_tar_file`]), which then is the whole layer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Layer {
     pub files: Vec<File>,
     pub created_by: Option<String>,
+    pub tar_file: Option<TarFile>,
 }
 
 impl Layer {
@@ -76,8 +128,30 @@ impl Layer {
         Self::default()
     }
 
-    /// Adds a file; a leading `/` is ignored, a later file with the same path wins.
+    /// A layer that is the tar file `tar` on disk, used as is (not read
+    /// until an image is written; never copied into memory by the streaming
+    /// writers).
+    pub fn from_tar_file(tar: TarFile) -> Self {
+        Self {
+            tar_file: Some(tar),
+            ..Self::default()
+        }
+    }
+
+    /// `sha256:<hex>` of the layer tar.
+    pub fn diff_id(&self) -> String {
+        match &self.tar_file {
+            Some(t) => t.diff_id.clone(),
+            None => sha256_digest(&self.tar()),
+        }
+    }
+
+    /// Adds a file; a leading `/` is ignored, a later file with the same path
+    /// wins. Panics on a [`Layer::from_tar_file`] layer.
     pub fn file(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
+        if let Some(t) = &self.tar_file {
+            panic!("cannot add {path} to the layer read from {}", t.path.display());
+        }
         self.files.push(File {
             path: path.trim_start_matches('/').to_owned(),
             mode,
@@ -91,8 +165,14 @@ impl Layer {
         self
     }
 
-    /// The uncompressed layer tar (its sha256 is the diff id).
+    /// The uncompressed layer tar (its sha256 is the diff id). A
+    /// [`Layer::from_tar_file`] layer is read from disk (panics if it cannot be).
     pub fn tar(&self) -> Vec<u8> {
+        if let Some(t) = &self.tar_file {
+            return t
+                .read()
+                .unwrap_or_else(|e| panic!("reading layer {}: {e}", t.path.display()));
+        }
         let mut entries: BTreeMap<String, Option<&File>> = BTreeMap::new();
         for file in &self.files {
             for (i, _) in file.path.match_indices('/') {
@@ -100,14 +180,15 @@ impl Layer {
             }
             entries.insert(file.path.clone(), Some(file));
         }
-        let mut tar = TarWriter::new();
+        let mut tar = TarWriter::new(Vec::new());
         for (path, file) in entries {
             match file {
                 None => tar.dir(&path),
                 Some(f) => tar.file(&path, f.mode, &f.contents),
             }
+            .expect("writing a tar into memory");
         }
-        tar.finish()
+        tar.finish().expect("finishing a tar in memory")
     }
 }
 
@@ -156,9 +237,16 @@ impl TestImage {
         self
     }
 
-    /// Adds a file to the last layer (starting one if there is none).
+    /// Adds a file to the last layer (starting one if there is none, or if
+    /// the last is a [`Layer::from_tar_file`] layer).
     pub fn file(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
-        let last = self.layers.pop().unwrap_or_default();
+        let last = match self.layers.pop() {
+            Some(layer) if layer.tar_file.is_some() => {
+                self.layers.push(layer);
+                Layer::default()
+            }
+            other => other.unwrap_or_default(),
+        };
         self.layers.push(last.file(path, mode, contents));
         self
     }
@@ -198,9 +286,23 @@ impl TestImage {
         self
     }
 
-    /// Serialises layers, config and manifest.
+    /// Serialises layers, config and manifest. [`Layer::from_tar_file`]
+    /// layers are not read: they stay on disk (see [`BuiltImage::layer_files`]).
     pub fn build(&self) -> BuiltImage {
-        let layers: Vec<Vec<u8>> = self.layers.iter().map(Layer::tar).collect();
+        let layers: Vec<Vec<u8>> = self
+            .layers
+            .iter()
+            .map(|l| if l.tar_file.is_some() { Vec::new() } else { l.tar() })
+            .collect();
+        let layer_files: Vec<Option<TarFile>> = self.layers.iter().map(|l| l.tar_file.clone()).collect();
+        let blobs: Vec<(String, u64)> = layers
+            .iter()
+            .zip(&layer_files)
+            .map(|(bytes, file)| match file {
+                Some(t) => (t.diff_id.clone(), t.size),
+                None => (sha256_digest(bytes), bytes.len() as u64),
+            })
+            .collect();
         let mut config = serde_json::Map::new();
         if let Some(cmd) = &self.cmd {
             config.insert("Cmd".into(), json!(cmd));
@@ -228,7 +330,7 @@ impl TestImage {
                 }
             })
             .collect();
-        let diff_ids: Vec<String> = layers.iter().map(|l| sha256_digest(l)).collect();
+        let diff_ids: Vec<&String> = blobs.iter().map(|(digest, _)| digest).collect();
         let config = to_json(&json!({
             "architecture": "amd64",
             "config": config,
@@ -237,10 +339,10 @@ impl TestImage {
             "os": "linux",
             "rootfs": {"diff_ids": diff_ids, "type": "layers"},
         }));
-        let descriptor = |media_type: &str, bytes: &[u8]| json!({"digest": sha256_digest(bytes), "mediaType": media_type, "size": bytes.len()});
+        let descriptor = |media_type: &str, digest: &str, size: u64| json!({"digest": digest, "mediaType": media_type, "size": size});
         let manifest = to_json(&json!({
-            "config": descriptor(MEDIA_TYPE_CONFIG, &config),
-            "layers": layers.iter().map(|l| descriptor(MEDIA_TYPE_LAYER, l)).collect::<Vec<_>>(),
+            "config": descriptor(MEDIA_TYPE_CONFIG, &sha256_digest(&config), config.len() as u64),
+            "layers": blobs.iter().map(|(digest, size)| descriptor(MEDIA_TYPE_LAYER, digest, *size)).collect::<Vec<_>>(),
             "mediaType": MEDIA_TYPE_MANIFEST,
             "schemaVersion": 2,
         }));
@@ -248,6 +350,7 @@ impl TestImage {
             refs: self.refs.clone(),
             config,
             layers,
+            layer_files,
             manifest,
         }
     }
@@ -269,8 +372,12 @@ pub struct BuiltImage {
     pub refs: Vec<String>,
     /// The config JSON.
     pub config: Vec<u8>,
-    /// Uncompressed layer tars, bottom first.
+    /// Uncompressed layer tars, bottom first; **empty** for a layer that is
+    /// a tar file on disk (that layer is in `layer_files` instead).
     pub layers: Vec<Vec<u8>>,
+    /// Per layer, the tar file on disk it is ([`Layer::from_tar_file`]), or
+    /// None when its bytes are in `layers`.
+    pub layer_files: Vec<Option<TarFile>>,
     /// The OCI manifest JSON.
     pub manifest: Vec<u8>,
 }
@@ -286,7 +393,31 @@ impl BuiltImage {
     }
 
     pub fn diff_ids(&self) -> Vec<String> {
-        self.layers.iter().map(|l| sha256_digest(l)).collect()
+        (0..self.layers.len()).map(|i| self.layer_digest(i)).collect()
+    }
+
+    /// `sha256:<hex>` of layer `i` (its diff id; layers are uncompressed).
+    pub fn layer_digest(&self, i: usize) -> String {
+        match &self.layer_files[i] {
+            Some(t) => t.diff_id.clone(),
+            None => sha256_digest(&self.layers[i]),
+        }
+    }
+
+    /// Size in bytes of layer `i`.
+    pub fn layer_size(&self, i: usize) -> u64 {
+        match &self.layer_files[i] {
+            Some(t) => t.size,
+            None => self.layers[i].len() as u64,
+        }
+    }
+
+    /// Layer `i` as a blob to write.
+    fn layer_blob(&self, i: usize) -> Blob<'_> {
+        match &self.layer_files[i] {
+            Some(t) => Blob::File(t),
+            None => Blob::Bytes(&self.layers[i]),
+        }
     }
 
     /// `<repo>@<manifest digest>` for each distinct repository of `refs`.
@@ -298,7 +429,8 @@ impl BuiltImage {
 
     /// Config + layers + manifest bytes (what containerd 1.6 CRI reports as `size`).
     pub fn content_size(&self) -> u64 {
-        (self.config.len() + self.manifest.len() + self.layers.iter().map(Vec::len).sum::<usize>()) as u64
+        (self.config.len() + self.manifest.len()) as u64
+            + (0..self.layers.len()).map(|i| self.layer_size(i)).sum::<u64>()
     }
 }
 
@@ -413,43 +545,51 @@ pub fn pause_image(tag: &str, binary: &[u8]) -> TestImage {
 }
 
 /// A `docker save` archive of `image`: `manifest.json` (all refs as
-/// `RepoTags`), `<config hex>.json` and `<diff id hex>/layer.tar`.
+/// `RepoTags`), `<config hex>.json` and `<diff id hex>/layer.tar`. In
+/// memory: a [`Layer::from_tar_file`] layer is read into it (panics if it
+/// cannot be); [`write_docker_archive`] streams instead.
 pub fn docker_archive(image: &TestImage) -> Vec<u8> {
-    docker_archive_of(&image.build())
+    let mut tar = TarWriter::new(Vec::new());
+    write_docker_archive_to(&image.build(), &mut tar).unwrap_or_else(|e| panic!("writing a docker archive: {e}"));
+    tar.finish().expect("finishing a tar in memory")
 }
 
-fn docker_archive_of(built: &BuiltImage) -> Vec<u8> {
+fn write_docker_archive_to<W: Write>(built: &BuiltImage, tar: &mut TarWriter<W>) -> io::Result<()> {
     let config_name = format!("{}.json", sha256_hex(&built.config));
     let layer_names: Vec<String> = built
-        .layers
+        .diff_ids()
         .iter()
-        .map(|l| format!("{}/layer.tar", sha256_hex(l)))
+        .map(|d| format!("{}/layer.tar", d.trim_start_matches("sha256:")))
         .collect();
     let manifest = to_json(&json!([{
         "Config": config_name,
         "Layers": layer_names,
         "RepoTags": built.refs,
     }]));
-    let mut files: BTreeMap<String, &[u8]> = BTreeMap::new();
-    for (name, layer) in layer_names.iter().zip(&built.layers) {
-        files.insert(name.clone(), layer);
+    let mut files: BTreeMap<String, Blob<'_>> = BTreeMap::new();
+    for (i, name) in layer_names.iter().enumerate() {
+        files.insert(name.clone(), built.layer_blob(i));
     }
-    files.insert(config_name, &built.config);
-    files.insert("manifest.json".into(), &manifest);
-    let mut tar = TarWriter::new();
-    for (path, bytes) in files {
+    files.insert(config_name, Blob::Bytes(&built.config));
+    files.insert("manifest.json".into(), Blob::Bytes(&manifest));
+    for (path, blob) in files {
         if let Some((dir, _)) = path.split_once('/') {
-            tar.dir(&format!("{dir}/"));
+            tar.dir(&format!("{dir}/"))?;
         }
-        tar.file(&path, 0o644, bytes);
+        tar.blob(&path, 0o644, &blob)?;
     }
-    tar.finish()
+    Ok(())
 }
 
-/// Writes [`docker_archive`] to `path` (via a temp file and rename).
+/// Writes [`docker_archive`] to `path` (via a temp file and rename),
+/// streaming [`Layer::from_tar_file`] layers from disk.
 pub fn write_docker_archive(image: &TestImage, path: &Path) -> io::Result<BuiltImage> {
     let built = image.build();
-    write_atomic(path, &docker_archive_of(&built))?;
+    write_atomic_with(path, |out| {
+        let mut tar = TarWriter::new(out);
+        write_docker_archive_to(&built, &mut tar)?;
+        tar.finish().map(drop)
+    })?;
     Ok(built)
 }
 
@@ -489,21 +629,29 @@ impl OciLayout {
         self.images.iter().map(TestImage::build).collect()
     }
 
-    /// The layout's files: relative path → contents, sorted by path.
+    /// The layout's files: relative path → contents, sorted by path. A
+    /// [`Layer::from_tar_file`] layer is read into memory (panics if it
+    /// cannot be).
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         self.files_of(&self.built())
+            .into_iter()
+            .map(|(path, blob)| {
+                let bytes = blob.to_vec().unwrap_or_else(|e| panic!("reading {path}: {e}"));
+                (path, bytes)
+            })
+            .collect()
     }
 
-    fn files_of(&self, built: &[BuiltImage]) -> BTreeMap<String, Vec<u8>> {
+    fn files_of<'a>(&self, built: &'a [BuiltImage]) -> BTreeMap<String, Blob<'a>> {
         let mut files = BTreeMap::new();
         let mut manifests = Vec::new();
         for image in built {
-            for blob in std::iter::once(&image.config)
-                .chain(&image.layers)
-                .chain([&image.manifest])
-            {
-                files.insert(format!("blobs/sha256/{}", sha256_hex(blob)), blob.clone());
+            let blob_path = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+            files.insert(blob_path(&image.image_id()), Blob::Bytes(&image.config));
+            for i in 0..image.layers.len() {
+                files.insert(blob_path(&image.layer_digest(i)), image.layer_blob(i));
             }
+            files.insert(blob_path(&image.manifest_digest()), Blob::Bytes(&image.manifest));
             let entry = |name: &str, ref_name: &str| {
                 json!({
                     "annotations": {ANNOTATION_IMAGE_NAME: name, ANNOTATION_REF_NAME: ref_name},
@@ -522,34 +670,63 @@ impl OciLayout {
             }
         }
         let index = json!({"manifests": manifests, "mediaType": MEDIA_TYPE_INDEX, "schemaVersion": 2});
-        files.insert("index.json".into(), to_json(&index));
-        files.insert("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec());
+        files.insert("index.json".into(), Blob::Owned(to_json(&index)));
+        files.insert("oci-layout".into(), Blob::Bytes(br#"{"imageLayoutVersion":"1.0.0"}"#));
         files
     }
 
-    /// The layout as a tar bundle (for `ctr images import`).
-    pub fn tar(&self) -> Vec<u8> {
-        let mut tar = TarWriter::new();
-        tar.dir("blobs/");
-        tar.dir("blobs/sha256/");
-        for (path, bytes) in self.files() {
-            tar.file(&path, 0o644, &bytes);
+    fn write_tar_to<W: Write>(&self, built: &[BuiltImage], tar: &mut TarWriter<W>) -> io::Result<()> {
+        tar.dir("blobs/")?;
+        tar.dir("blobs/sha256/")?;
+        for (path, blob) in self.files_of(built) {
+            tar.blob(&path, 0o644, &blob)?;
         }
-        tar.finish()
+        Ok(())
     }
 
+    /// The layout as a tar bundle (for `ctr images import`), in memory; a
+    /// [`Layer::from_tar_file`] layer is read into it (panics if it cannot be).
+    pub fn tar(&self) -> Vec<u8> {
+        let mut tar = TarWriter::new(Vec::new());
+        self.write_tar_to(&self.built(), &mut tar)
+            .unwrap_or_else(|e| panic!("writing an OCI layout tar: {e}"));
+        tar.finish().expect("finishing a tar in memory")
+    }
+
+    /// Writes [`OciLayout::tar`] to `path` (via a temp file and rename),
+    /// streaming [`Layer::from_tar_file`] layers from disk (each blob once).
     pub fn write_tar(&self, path: &Path) -> io::Result<Vec<BuiltImage>> {
-        write_atomic(path, &self.tar())?;
-        Ok(self.built())
+        let built = self.built();
+        write_atomic_with(path, |out| {
+            let mut tar = TarWriter::new(out);
+            self.write_tar_to(&built, &mut tar)?;
+            tar.finish().map(drop)
+        })?;
+        Ok(built)
     }
 
     /// Writes the layout into directory `dir` (created if missing; for
-    /// `trivy image --input`, which wants OCI layouts as directories).
+    /// `trivy image --input`, which wants OCI layouts as directories). A
+    /// [`Layer::from_tar_file`] blob is hard-linked to its file when possible,
+    /// else copied.
     pub fn write_dir(&self, dir: &Path) -> io::Result<Vec<BuiltImage>> {
         let built = self.built();
         std::fs::create_dir_all(dir.join("blobs/sha256"))?;
-        for (path, bytes) in self.files_of(&built) {
-            write_atomic(&dir.join(path), &bytes)?;
+        for (path, blob) in self.files_of(&built) {
+            let dest = dir.join(path);
+            match blob {
+                Blob::File(t) => {
+                    t.open()?;
+                    let tmp = temp_sibling(&dest);
+                    fs::hard_link(&t.path, &tmp)
+                        .or_else(|_| fs::copy(&t.path, &tmp).map(drop))
+                        .and_then(|()| fs::rename(&tmp, &dest))
+                        .inspect_err(|_| {
+                            let _ = fs::remove_file(&tmp);
+                        })?;
+                }
+                other => write_atomic(&dest, other.bytes())?,
+            }
         }
         Ok(built)
     }
@@ -626,7 +803,26 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         })
 }
 
-fn temp_sibling(path: &Path) -> PathBuf {
+/// Lets `write` fill a buffered temp file next to `path`, then renames it
+/// over `path`; the temp file is removed on failure.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path
@@ -660,36 +856,195 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Tar output with fixed metadata: uid/gid 0, mtime [`MTIME`].
-struct TarWriter(tar::Builder<Vec<u8>>);
+/// A blob of an archive: bytes in memory or a layer tar on disk.
+enum Blob<'a> {
+    Bytes(&'a [u8]),
+    Owned(Vec<u8>),
+    File(&'a TarFile),
+}
 
-impl TarWriter {
-    fn new() -> Self {
-        Self(tar::Builder::new(Vec::new()))
+impl Blob<'_> {
+    /// The bytes of an in-memory blob (empty for a file).
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Blob::Bytes(b) => b,
+            Blob::Owned(b) => b,
+            Blob::File(_) => &[],
+        }
     }
 
-    fn entry(&mut self, path: &str, kind: tar::EntryType, mode: u32, data: &[u8]) {
+    fn to_vec(&self) -> io::Result<Vec<u8>> {
+        match self {
+            Blob::File(t) => t.read(),
+            other => Ok(other.bytes().to_vec()),
+        }
+    }
+}
+
+/// Tar output with fixed metadata: uid/gid 0, mtime [`MTIME`].
+pub(crate) struct TarWriter<W: Write>(tar::Builder<W>);
+
+impl<W: Write> TarWriter<W> {
+    pub(crate) fn new(out: W) -> Self {
+        Self(tar::Builder::new(out))
+    }
+
+    fn entry(&mut self, path: &str, kind: tar::EntryType, mode: u32, size: u64, data: impl Read) -> io::Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(kind);
         header.set_mode(mode);
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(MTIME);
-        header.set_size(data.len() as u64);
-        self.0
-            .append_data(&mut header, path, data)
-            .expect("writing a tar into memory");
+        header.set_size(size);
+        self.0.append_data(&mut header, path, data)
     }
 
-    fn dir(&mut self, path: &str) {
-        self.entry(path, tar::EntryType::Directory, 0o755, &[]);
+    fn dir(&mut self, path: &str) -> io::Result<()> {
+        self.entry(path, tar::EntryType::Directory, 0o755, 0, io::empty())
     }
 
-    fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
-        self.entry(path, tar::EntryType::Regular, mode, data);
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+        self.entry(path, tar::EntryType::Regular, mode, data.len() as u64, data)
     }
 
-    fn finish(self) -> Vec<u8> {
-        self.0.into_inner().expect("finishing a tar in memory")
+    /// A regular file from `blob`, streamed when it is on disk.
+    fn blob(&mut self, path: &str, mode: u32, blob: &Blob<'_>) -> io::Result<()> {
+        match blob {
+            Blob::File(t) => self.entry(path, tar::EntryType::Regular, mode, t.size, t.open()?),
+            other => self.file(path, mode, other.bytes()),
+        }
+    }
+
+    /// Writes the end-of-archive marker and returns the output.
+    pub(crate) fn finish(self) -> io::Result<W> {
+        self.0.into_inner()
+    }
+}
+
+/// A writer that passes bytes through while hashing and counting them.
+pub(crate) struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// The output, `sha256:<hex>` of everything written, and its length.
+    pub(crate) fn finish(self) -> (W, String, u64) {
+        (self.inner, format!("sha256:{:x}", self.hasher.finalize()), self.written)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image whose first layer is in memory, and the same image with
+    /// that layer read from a tar file on disk.
+    fn in_memory_and_on_disk(dir: &Path) -> (TestImage, TestImage) {
+        let base = Layer::new()
+            .created_by("base")
+            .file("etc/os-release", 0o644, "ID=test\n")
+            .file("usr/bin/tool", 0o755, vec![7u8; 10_000]);
+        let path = dir.join("base.tar");
+        fs::write(&path, base.tar()).unwrap();
+        let tar = TarFile::hash(&path).unwrap();
+        assert_eq!(tar.diff_id, base.diff_id());
+        assert_eq!(tar.size, base.tar().len() as u64);
+        let mut on_disk = Layer::from_tar_file(tar);
+        on_disk.created_by = Some("base".into());
+        assert_eq!(on_disk.diff_id(), base.diff_id());
+        let image = |layer: Layer| {
+            TestImage::new("localhost/test/disk:1")
+                .layer(layer)
+                .layer(Layer::new().file("app/run", 0o755, "#!/bin/sh\n"))
+                .cmd(&["/app/run"])
+        };
+        (image(base), image(on_disk))
+    }
+
+    #[test]
+    fn a_layer_on_disk_gives_the_same_image_as_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (memory, disk) = in_memory_and_on_disk(dir.path());
+        let (m, d) = (memory.build(), disk.build());
+        assert_eq!(d.layers.len(), 2);
+        assert!(d.layers[0].is_empty());
+        let added = TestImage::new("localhost/test/disk:3")
+            .layer(disk.layers[0].clone())
+            .file("x", 0o644, "x");
+        assert_eq!(
+            added.layers.len(),
+            2,
+            "a file after a tar-file layer starts a new layer"
+        );
+        assert!(d.layer_files[0].is_some() && d.layer_files[1].is_none());
+        assert_eq!((&m.config, &m.manifest), (&d.config, &d.manifest));
+        assert_eq!(m.image_id(), d.image_id());
+        assert_eq!(m.diff_ids(), d.diff_ids());
+        assert_eq!(m.content_size(), d.content_size());
+
+        // docker archive: in memory, and streamed from disk.
+        let expected = docker_archive(&memory);
+        assert_eq!(docker_archive(&disk), expected);
+        let path = dir.path().join("docker.tar");
+        write_docker_archive(&disk, &path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), expected);
+
+        // OCI layout: tar and directory, the shared layer once.
+        let other = TestImage::new("localhost/test/disk:2").layer(disk.layers[0].clone());
+        let memory_layout = OciLayout::new()
+            .image(memory.clone())
+            .image(TestImage::new("localhost/test/disk:2").layer(memory.layers[0].clone()))
+            .digest_refs(true);
+        let disk_layout = OciLayout::new().image(disk.clone()).image(other).digest_refs(true);
+        let expected = memory_layout.tar();
+        assert_eq!(disk_layout.tar(), expected);
+        let path = dir.path().join("oci.tar");
+        disk_layout.write_tar(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), expected);
+        let out = dir.path().join("oci");
+        disk_layout.write_dir(&out).unwrap();
+        for (name, bytes) in memory_layout.files() {
+            assert_eq!(fs::read(out.join(&name)).unwrap(), bytes, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_changed_layer_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, disk) = in_memory_and_on_disk(dir.path());
+        fs::write(dir.path().join("base.tar"), b"shorter").unwrap();
+        let err = write_docker_archive(&disk, &dir.path().join("docker.tar")).unwrap_err();
+        assert!(err.to_string().contains("expected"), "{err}");
+        assert!(!dir.path().join("docker.tar").exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
     }
 }

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod cluster;
 pub mod containerd;
 pub mod control_plane;
+pub mod debian;
 pub mod fake_cri;
 pub mod fake_trivy;
 pub mod gate;

@@ -4,8 +4,21 @@
 //!
 //! Buckets written: `"<family> <release>"` (e.g. `"alpine 3.12"`) → source
 //! package → vuln id → advisory JSON; `"data-source"` → OS bucket name →
-//! data source (ID `alpine`, …); `"vulnerability"` → vuln id → details
-//! (Title, Severity, VendorSeverity `{"nvd": n}`).
+//! data source (ID `alpine`, `debian`, …); `"vulnerability"` → vuln id →
+//! details (Title, Severity, VendorSeverity `{"nvd": n}`).
+//!
+//! Debian buckets are `"debian 12"` (major release only) → **source**
+//! package (e.g. `glibc`, the `Source:` of `/var/lib/dpkg/status`) →
+//! advisory, compared with dpkg version rules against the *source* version;
+//! an advisory on `glibc` is reported against each installed binary package
+//! built from it (`libc6`, `libc-bin`). See [`crate::debian`] for reading a
+//! real root filesystem's packages.
+//!
+//! Language packages ([`Advisory::library`]) live in buckets
+//! `"<ecosystem>::GitHub Security Advisory <Ecosystem>"` (e.g. `"npm::…"`,
+//! `"pip::…"`; Trivy reads every bucket with the `<ecosystem>::` prefix) →
+//! package name → advisory `{"PatchedVersions": [v], "VulnerableVersions":
+//! ["< v"]}`, with data source ID `ghsa`.
 //!
 //! The bbolt layout is the simplest one bbolt opens read-only: meta pages 0
 //! (txid 2) and 1 (txid 1), an empty freelist page 2, then one leaf page per
@@ -39,10 +52,12 @@ pub const DEFAULT_UPDATED_AT: &str = "2024-01-01T00:00:00Z";
 pub const DEFAULT_NEXT_UPDATE: &str = "2099-01-01T00:00:00Z";
 
 /// One advisory: `vuln_id` affects source package `source_package` (apk
-/// origin) in OS bucket `os` (e.g. `"alpine 3.12"`, minor release only)
-/// below `fixed_version`, or at every version when that is `None` (Trivy then
-/// reports `Status: affected`). `severity` is `LOW`, `MEDIUM`, `HIGH`,
-/// `CRITICAL` or `UNKNOWN`.
+/// origin, Debian source package) in OS bucket `os` (e.g. `"alpine 3.12"`,
+/// minor release only; `"debian 12"`, major only) below `fixed_version`, or at
+/// every version when that is `None` (Trivy then reports `Status:
+/// affected`). `severity` is `LOW`, `MEDIUM`, `HIGH`, `CRITICAL` or
+/// `UNKNOWN`. For a language package ([`Advisory::library`]) `os` is the
+/// ecosystem's bucket and `source_package` the package name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Advisory {
     pub os: String,
@@ -64,9 +79,68 @@ impl Advisory {
         }
     }
 
+    /// An unfixed advisory on language package `package` of `ecosystem`
+    /// (`npm`, `pip`, `rubygems`, `go`, `cargo`, `maven`, …; as Trivy's
+    /// library detector names them), in bucket [`language_bucket`]. Pip
+    /// names are normalised as Trivy does (lowercase, `_`/`.` → `-`).
+    pub fn library(ecosystem: &str, package: &str, vuln_id: &str, severity: &str) -> Self {
+        let package = if ecosystem == "pip" {
+            package.to_ascii_lowercase().replace(['_', '.'], "-")
+        } else {
+            package.to_owned()
+        };
+        Self::new(&language_bucket(ecosystem), &package, vuln_id, severity)
+    }
+
     pub fn fixed(mut self, version: &str) -> Self {
         self.fixed_version = Some(version.to_owned());
         self
+    }
+
+    /// Whether this is a language-package advisory (its bucket has `::`).
+    pub fn is_library(&self) -> bool {
+        self.os.contains("::")
+    }
+
+    /// The advisory JSON stored under the vuln id.
+    pub fn advisory_json(&self) -> serde_json::Value {
+        match (&self.fixed_version, self.is_library()) {
+            (Some(v), false) => json!({"FixedVersion": v}),
+            (None, false) => json!({}),
+            (Some(v), true) => json!({"PatchedVersions": [v], "VulnerableVersions": [format!("< {v}")]}),
+            (None, true) => json!({"VulnerableVersions": [">= 0"]}),
+        }
+    }
+}
+
+/// `"<ecosystem>::GitHub Security Advisory <Ecosystem>"`, the GHSA bucket
+/// of a language ecosystem (e.g. `"npm::GitHub Security Advisory Npm"`).
+pub fn language_bucket(ecosystem: &str) -> String {
+    let mut chars = ecosystem.chars();
+    let title: String = chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default();
+    format!("{ecosystem}::GitHub Security Advisory {title}")
+}
+
+/// The `data-source` entry of a top-level advisory bucket.
+pub fn data_source(bucket: &str) -> serde_json::Value {
+    if let Some((ecosystem, name)) = bucket.split_once("::") {
+        return json!({
+            "ID": "ghsa",
+            "Name": name,
+            "URL": format!("https://github.com/advisories?query=type%3Areviewed+ecosystem%3A{ecosystem}"),
+        });
+    }
+    match bucket.split_whitespace().next().unwrap_or_default() {
+        "alpine" => json!({"ID": "alpine", "Name": "Alpine Secdb", "URL": "https://secdb.alpinelinux.org/"}),
+        "debian" => json!({
+            "ID": "debian",
+            "Name": "Debian Security Tracker",
+            "URL": "https://salsa.debian.org/security-tracker-team/security-tracker",
+        }),
+        family => json!({"ID": family, "Name": family, "URL": ""}),
     }
 }
 
@@ -139,19 +213,10 @@ impl TrivyDb {
     pub fn buckets(&self) -> Bucket {
         let mut root = Bucket::new();
         for a in &self.advisories {
-            let advisory = match &a.fixed_version {
-                Some(v) => json!({"FixedVersion": v}),
-                None => json!({}),
-            };
             root.bucket(&a.os)
                 .bucket(&a.source_package)
-                .put(&a.vuln_id, advisory.to_string());
-            let family = a.os.split_whitespace().next().unwrap_or_default();
-            let source = match family {
-                "alpine" => json!({"ID": "alpine", "Name": "Alpine Secdb", "URL": "https://secdb.alpinelinux.org/"}),
-                _ => json!({"ID": family, "Name": family, "URL": ""}),
-            };
-            root.bucket("data-source").put(&a.os, source.to_string());
+                .put(&a.vuln_id, a.advisory_json().to_string());
+            root.bucket("data-source").put(&a.os, data_source(&a.os).to_string());
             let details = json!({
                 "Description": format!("{} in {} (scour test advisory)", a.vuln_id, a.source_package),
                 "Severity": a.severity.to_ascii_uppercase(),
@@ -334,4 +399,42 @@ fn page_header(id: u64, flags: u16, count: u16, overflow: u32) -> [u8; 16] {
     h[10..12].copy_from_slice(&count.to_le_bytes());
     h[12..].copy_from_slice(&overflow.to_le_bytes());
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_and_language_buckets_have_their_data_sources_and_advisory_shapes() {
+        let debian = Advisory::new("debian 12", "glibc", "CVE-1", "HIGH").fixed("2.36-9+deb12u99");
+        assert_eq!(debian.advisory_json(), json!({"FixedVersion": "2.36-9+deb12u99"}));
+        assert_eq!(
+            data_source("debian 12"),
+            json!({
+                "ID": "debian",
+                "Name": "Debian Security Tracker",
+                "URL": "https://salsa.debian.org/security-tracker-team/security-tracker",
+            })
+        );
+        let npm = Advisory::library("npm", "lodash", "CVE-2", "HIGH").fixed("4.17.21");
+        assert_eq!(npm.os, "npm::GitHub Security Advisory Npm");
+        assert!(npm.is_library() && !debian.is_library());
+        assert_eq!(
+            npm.advisory_json(),
+            json!({"PatchedVersions": ["4.17.21"], "VulnerableVersions": ["< 4.17.21"]})
+        );
+        assert_eq!(data_source(&npm.os)["ID"], "ghsa");
+        assert_eq!(data_source(&npm.os)["Name"], "GitHub Security Advisory Npm");
+        let pip = Advisory::library("pip", "Typing_Extensions", "CVE-3", "LOW");
+        assert_eq!(pip.source_package, "typing-extensions");
+        assert_eq!(pip.advisory_json(), json!({"VulnerableVersions": [">= 0"]}));
+        let db = TrivyDb::new().advisories([debian, npm, pip]);
+        let buckets = db.buckets();
+        assert_eq!(
+            buckets.len(),
+            5,
+            "debian 12, npm::…, pip::…, data-source, vulnerability"
+        );
+    }
 }
