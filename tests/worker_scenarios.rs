@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use scour_testkit::containerd::block_on;
+use scour_testkit::debian;
 use scour_testkit::fake_trivy::counting_trivy;
 use scour_testkit::guests::hostile_guest_path;
 use scour_testkit::scenario::{
@@ -457,6 +458,76 @@ fn two_nodes_scan_through_one_trivy_server_and_keep_no_db_of_their_own() {
     assert_eq!(run.summary("trivyRuns"), 0);
     assert!(run.summary("analysesReused") >= 1);
     assert_verdict(&run, &a, "clean", "removed", "vulnerable");
+}
+
+#[test]
+fn real_sized_debian_images_are_analysed_once_and_rematched_after_a_db_update() {
+    if !debian::require_debian() {
+        return;
+    }
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("base", debian::base_image("localhost/real/base:12")),
+        ("app", debian::variant_image("localhost/real/app:1", "app")),
+        ("lang", debian::language_image("localhost/real/lang:1", "lang")),
+    ]);
+    let counting = node.work.path().join("counting");
+    std::fs::create_dir_all(&counting).unwrap();
+    let trivy = counting_trivy(&counting, &node.trivy);
+    let image_reads = || {
+        std::fs::read_to_string(counting.join("calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let pass = || {
+        let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
+        assert_eq!(run.code(), Some(0), "{}", run.stderr());
+        assert_eq!(run.status(), "ok", "{}", run.stderr());
+        run
+    };
+
+    // The generated DB knows nothing about Debian yet: 204 MB each, and clean.
+    let first = pass();
+    let reads = image_reads();
+    assert!(reads >= 3, "base, app and lang were analysed: {reads}");
+    for role in ["base", "app", "lang"] {
+        assert_verdict(&first, &node, role, "kept", "clean");
+    }
+    let analysis = std::fs::read_to_string(
+        node.state_dir()
+            .join("analyses")
+            .join(format!("{}.cdx.json", node.id("app").replace(':', "-"))),
+    )
+    .unwrap();
+    assert!(
+        analysis.contains("\"libc6\""),
+        "the kept analysis lists the image's Debian packages"
+    );
+
+    // The DB is republished with an advisory on the glibc these images carry.
+    let libc = debian::rootfs().package("libc6").expect("libc6 is installed");
+    standard_db()
+        .advisory(libc.fixable_advisory("CVE-REAL-0001", "HIGH"))
+        .updated_at("2024-02-01T00:00:00Z")
+        .write(&node.trivy_cache())
+        .unwrap();
+    let second = pass();
+    assert_eq!(
+        image_reads(),
+        reads,
+        "the pass after the DB update read an image's layers"
+    );
+    assert_eq!(second.summary("trivyRuns"), 0);
+    assert_eq!(second.summary("analysesReused"), first.summary("trivyRuns"));
+    for role in ["base", "app", "lang"] {
+        assert_verdict(&second, &node, role, "removed", "vulnerable");
+        assert!(!node.has(role));
+    }
+    let removed = second.summary("bytesFreed");
+    assert!(
+        removed > 3 * 150_000_000,
+        "three real-sized images were removed: {removed} bytes"
+    );
 }
 
 fn imagelist(node: &TestNode, entries: &[String]) -> PathBuf {
