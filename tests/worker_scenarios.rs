@@ -530,6 +530,64 @@ fn real_sized_debian_images_are_analysed_once_and_rematched_after_a_db_update() 
     );
 }
 
+/// The worker pod's memory limit in the chart's defaults, in bytes.
+fn chart_worker_memory_limit() -> u64 {
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/scour/values.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let limit = values["resources"]["worker"]["limits"]["memory"]
+        .as_str()
+        .expect("a memory limit");
+    let (number, unit) = limit.split_at(limit.find(|c: char| !c.is_ascii_digit()).unwrap_or(limit.len()));
+    let shift = match unit {
+        "Gi" => 30,
+        "Mi" => 20,
+        other => panic!("unit {other:?} of resources.worker.limits.memory"),
+    };
+    number.parse::<u64>().unwrap() << shift
+}
+
+#[test]
+fn a_real_sized_pass_fits_the_charts_worker_memory_limit() {
+    if !debian::require_debian() {
+        return;
+    }
+    let Some(mut node) = TestNode::start() else { return };
+    let limit = chart_worker_memory_limit();
+    let Some(group) = scour_testkit::cgroup::MemoryCgroup::create(limit) else {
+        scour_testkit::gate::skip("cannot make a memory cgroup here");
+        return;
+    };
+    node.import(vec![
+        ("base", debian::base_image("localhost/real/base:12")),
+        ("app", debian::variant_image("localhost/real/app:1", "app")),
+        ("lang", debian::language_image("localhost/real/lang:1", "lang")),
+        ("other", debian::variant_image("localhost/real/other:1", "other")),
+    ]);
+    let run = node
+        .worker(&group.wrap(scour(), node.work.path()))
+        .arg("--dry-run")
+        .run();
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "ok", "{}", run.stderr());
+    assert!(run.summary("scanned") >= 4, "every image was scanned under the limit");
+    assert_eq!(
+        group.oom_kills().unwrap_or(0),
+        0,
+        "a process was OOM-killed under {limit} bytes"
+    );
+    if let Some(peak) = group.peak() {
+        eprintln!(
+            "peak memory of the worker and its Trivy processes: {} MiB of {} MiB",
+            peak >> 20,
+            limit >> 20
+        );
+        assert!(peak < limit);
+    }
+}
+
 fn imagelist(node: &TestNode, entries: &[String]) -> PathBuf {
     let mut yaml =
         String::from("apiVersion: eraser.sh/v1\nkind: ImageList\nmetadata:\n  name: imagelist\nspec:\n  images:\n");

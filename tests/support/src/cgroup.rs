@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 pub struct MemoryCgroup {
     dir: PathBuf,
+    /// cgroup v2 (`memory.max`, `memory.events`) rather than v1.
+    v2: bool,
 }
 
 impl MemoryCgroup {
@@ -35,12 +37,42 @@ impl MemoryCgroup {
             eprintln!("cannot make a cgroup at {}: {e}", dir.display());
             return None;
         }
-        let group = Self { dir };
+        let group = Self {
+            dir,
+            v2: limit_file == "memory.max",
+        };
         if let Err(e) = std::fs::write(group.dir.join(limit_file), bytes.to_string()) {
             eprintln!("cannot limit {}: {e}", group.dir.display());
             return None;
         }
         Some(group)
+    }
+
+    /// How many processes in the group the kernel's OOM killer has killed
+    /// (v2 `memory.events`, v1 `memory.oom_control`); `None` if the kernel
+    /// does not say.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        let text = std::fs::read_to_string(self.dir.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// The group's peak memory use (v2 `memory.peak`, v1
+    /// `memory.max_usage_in_bytes`), if the kernel keeps it.
+    pub fn peak(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file)).ok()?.trim().parse().ok()
     }
 
     /// Write a PID here to move that process into the group.
