@@ -383,8 +383,8 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
     assert!(!node.has("clean"));
     assert_verdict(&second, &node, "eol", "kept", "clean");
 
-    // A corrupt kept analysis is made again from the image, not trusted
-    // and not a failure.
+    // A corrupt kept analysis is made again from the image, not trusted;
+    // the verdict stays right, and the pass is degraded to say so.
     let eol = analyses.join(format!("{}.cdx.json", node.id("eol").replace(':', "-")));
     std::fs::write(&eol, b"{\"bomFormat\": \"CycloneDX\", \"trunc").unwrap();
     standard_db()
@@ -394,7 +394,12 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
     let third = pass();
     assert_eq!(image_reads(), after_first + 1, "only eol was read again");
     assert_eq!(third.summary("scanFailed"), 0);
-    assert_eq!(third.status(), "ok");
+    assert_eq!(third.status(), "degraded");
+    let errors = third.report()["errors"].to_string();
+    assert!(
+        errors.contains("1 kept image analyses were unreadable") && errors.contains(&node.id("eol")),
+        "{errors}"
+    );
     assert_verdict(&third, &node, "eol", "kept", "clean");
     assert!(
         std::fs::read_to_string(&eol).unwrap().contains("CycloneDX"),

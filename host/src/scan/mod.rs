@@ -86,6 +86,9 @@ pub struct ScanRun {
     pub trivy_runs: usize,
     /// Kept analyses matched against the DB without reading the image.
     pub analyses_reused: usize,
+    /// Kept analyses found unreadable (corrupt, truncated, replaced) and
+    /// made again from their images: why, per image id.
+    pub corrupt_analyses: BTreeMap<String, String>,
     pub cache_hits: usize,
     pub failures: Vec<FailureGroup>,
     pub trivy: Option<TrivyInfo>,
@@ -236,6 +239,9 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], kept: &mut Kept, cancel
     for (id, attempt) in finished {
         run.trivy_runs += attempt.runs;
         run.analyses_reused += usize::from(attempt.reused);
+        if let Some(why) = attempt.corrupt {
+            run.corrupt_analyses.insert(id.clone(), why);
+        }
         if let ScanOutcome::Failed(_) = &attempt.outcome {
             *groups.entry(attempt.cause).or_default() += 1;
         } else {
@@ -291,6 +297,8 @@ struct Attempt {
     runs: usize,
     /// Matched from a kept analysis, without reading the image.
     reused: bool,
+    /// The kept analysis was unreadable, and why.
+    corrupt: Option<String>,
 }
 
 impl Attempt {
@@ -304,6 +312,7 @@ impl Attempt {
             cause,
             runs,
             reused: false,
+            corrupt: None,
         }
     }
 
@@ -313,6 +322,7 @@ impl Attempt {
             cause: String::new(),
             runs,
             reused,
+            corrupt: None,
         }
     }
 }
@@ -331,32 +341,45 @@ async fn scan_one(
     per_image: Duration,
     deadline: Instant,
 ) -> Attempt {
-    // Each Trivy run, the analysis and the match alike, gets the per-image
-    // timeout, within the step's deadline.
-    let budget = || per_image.min(deadline.saturating_duration_since(Instant::now()));
     let Some(kept) = store.path(id) else {
         return Attempt::failed("the image id is not a digest; it cannot be scanned");
     };
-    let mut runs = 0;
-    let mut reused = true;
-    match analysis::check(&kept) {
-        analysis::Check::Usable => {}
-        found => {
-            if let analysis::Check::Unusable(why) = found {
-                tracing::warn!(phase = "scan", image = id, %why, "a kept image analysis is unusable; analysing the image again");
-                store.discard(id);
-            }
-            reused = false;
-            if let Err(attempt) = analyse(trivy, store, id, refs, &budget, &mut runs).await {
-                return attempt;
-            }
+    let corrupt = match analysis::check(&kept) {
+        analysis::Check::Unusable(why) => {
+            tracing::warn!(phase = "scan", image = id, %why, "a kept image analysis is unusable; analysing the image again");
+            store.discard(id);
+            Some(why)
         }
+        analysis::Check::Usable | analysis::Check::Missing(_) => None,
+    };
+    let mut attempt = scan_from(trivy, store, id, &kept, refs, per_image, deadline).await;
+    attempt.corrupt = corrupt;
+    attempt
+}
+
+/// [`scan_one`] once the kept analysis at `kept` is known usable or absent.
+async fn scan_from(
+    trivy: &TrivyOptions,
+    store: &AnalysisStore,
+    id: &str,
+    kept: &Path,
+    refs: &[String],
+    per_image: Duration,
+    deadline: Instant,
+) -> Attempt {
+    // Each Trivy run, the analysis and the match alike, gets the per-image
+    // timeout, within the step's deadline.
+    let budget = || per_image.min(deadline.saturating_duration_since(Instant::now()));
+    let mut runs = 0;
+    let reused = kept.is_file();
+    if !reused && let Err(attempt) = analyse(trivy, store, id, refs, &budget, &mut runs).await {
+        return attempt;
     }
     let remaining = budget();
     if remaining.is_zero() {
         return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), runs);
     }
-    match trivy.match_analysis(&kept, remaining).await {
+    match trivy.match_analysis(kept, remaining).await {
         Ok(report) => Attempt::scanned(report, runs, reused),
         Err(e) => {
             let reason = e.to_string();

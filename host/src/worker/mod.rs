@@ -219,6 +219,12 @@ async fn pass(
             .collect();
         report.degrade(format!("scans failed: {}", causes.join("; ")));
     }
+    if let Some((id, why)) = run.corrupt_analyses.iter().next() {
+        report.degrade(format!(
+            "{} kept image analyses were unreadable and were made again from the images (first: {id}: {why})",
+            run.corrupt_analyses.len()
+        ));
+    }
     report.scan_failures = run.failures;
     report.record_phase("scan", t.elapsed());
     if cancel.is_cancelled() {
