@@ -102,6 +102,7 @@ fuzz: setup
 bench: setup
     cargo bench -p scour --bench policy
     cargo bench -p scour --bench worker
+    cargo bench -p scour --bench scan_real
     cargo bench -p scour --bench policy_examples
     cargo bench -p scour --bench controller
 

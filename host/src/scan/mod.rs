@@ -379,7 +379,18 @@ async fn scan_from(
     if remaining.is_zero() {
         return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), runs);
     }
-    match trivy.match_analysis(kept, remaining).await {
+    let mut result = trivy.match_analysis(kept, remaining).await;
+    // A match is cheap and can fail for a moment: a Trivy server answers
+    // "failed scan" when two clients put the same analysis at once (images
+    // with the same packages). Once more, then it is a failure.
+    if let Err(e) = &result
+        && !matches!(e, RunError::NotFound(_) | RunError::TimedOut(_))
+        && !budget().is_zero()
+    {
+        tracing::debug!(phase = "scan", image = id, error = %e, "matching failed; trying once more");
+        result = trivy.match_analysis(kept, budget()).await;
+    }
+    match result {
         Ok(report) => Attempt::scanned(report, runs, reused),
         Err(e) => {
             let reason = e.to_string();

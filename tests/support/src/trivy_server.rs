@@ -118,18 +118,29 @@ impl Drop for TrivyServer {
 
 /// user + system CPU time of process `pid`, from `/proc/PID/stat`.
 pub fn process_cpu_time(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_cpu_time(&format!("/proc/{pid}/stat"), [11, 12])
+}
+
+/// user + system CPU time of this process's children that have been waited
+/// for, theirs included (`cutime` + `cstime` of `/proc/self/stat`): a
+/// `scour worker` run and every Trivy process it ran.
+pub fn waited_children_cpu_time() -> Duration {
+    stat_cpu_time("/proc/self/stat", [13, 14])
+}
+
+/// The sum of two clock-tick fields of a stat file, counted from the field
+/// after the parenthesised command name (`state` is 0).
+fn stat_cpu_time(path: &str, fields: [usize; 2]) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return Duration::ZERO;
     };
-    // Fields after the parenthesised command name; utime and stime are
-    // the 14th and 15th fields of the whole line.
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return Duration::ZERO;
     };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
+    let all: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
         .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .filter_map(|&i| all.get(i).and_then(|f| f.parse::<u64>().ok()))
         .sum();
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
