@@ -231,6 +231,15 @@ impl Rendered {
     }
 }
 
+/// The labels of a Deployment's pod template.
+fn pod_labels(d: &Deployment) -> &std::collections::BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .expect("the pod template has labels")
+}
+
 fn read(rel: &str) -> String {
     std::fs::read_to_string(workspace_root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
 }
@@ -352,18 +361,7 @@ fn the_default_render_is_known_kubernetes_objects_that_survive_a_round_trip() {
     // The metrics Service reaches the controller's pods on 8081.
     let svc = &r.services()[0];
     let spec = svc.spec.as_ref().unwrap();
-    let pod_labels = r
-        .controller()
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .clone()
-        .unwrap();
+    let pod_labels = pod_labels(r.controller()).clone();
     for (k, v) in spec.selector.as_ref().unwrap() {
         assert_eq!(
             pod_labels.get(k),
@@ -465,7 +463,7 @@ fn the_shared_trivy_server_is_off_by_default_and_wires_the_workers_when_on() {
         .find(|d| d.metadata.name.as_deref() == Some("scour-trivy-server"))
         .expect("a scour-trivy-server Deployment");
     let spec = server.spec.as_ref().unwrap();
-    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    let server_labels = pod_labels(server);
     let container = &spec.template.spec.as_ref().unwrap().containers[0];
     let args = container.args.as_ref().unwrap();
     assert_eq!(
@@ -484,7 +482,7 @@ fn the_shared_trivy_server_is_off_by_default_and_wires_the_workers_when_on() {
         .expect("a scour-trivy-server Service");
     let selector = service.spec.as_ref().unwrap().selector.as_ref().unwrap();
     assert!(
-        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        selector.iter().all(|(k, v)| server_labels.get(k) == Some(v)),
         "the Service selects the server's pods"
     );
     let controller = on
@@ -492,17 +490,7 @@ fn the_shared_trivy_server_is_off_by_default_and_wires_the_workers_when_on() {
         .into_iter()
         .find(|d| d.metadata.name.as_deref() == Some(CONTROLLER))
         .unwrap();
-    let controller_labels = controller
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .as_ref()
-        .unwrap();
+    let controller_labels = pod_labels(controller);
     assert!(
         !selector.iter().all(|(k, v)| controller_labels.get(k) == Some(v)),
         "the Service must not select the controller"
@@ -516,7 +504,7 @@ fn the_shared_trivy_server_is_off_by_default_and_wires_the_workers_when_on() {
         .as_ref()
         .unwrap();
     assert!(
-        !controller_selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        !controller_selector.iter().all(|(k, v)| server_labels.get(k) == Some(v)),
         "the controller's Deployment must not select the server's pods"
     );
 }

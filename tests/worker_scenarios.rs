@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use scour_testkit::containerd::block_on;
 use scour_testkit::debian;
-use scour_testkit::fake_trivy::counting_trivy;
+use scour_testkit::fake_trivy::{counting_trivy, fake_trivy_calls};
 use scour_testkit::guests::hostile_guest_path;
 use scour_testkit::scenario::{
     Run, TestNode, clean, end_of_life, runnable_vulnerable, standard_db, vulnerable, wait_for,
@@ -263,11 +263,7 @@ fn a_second_pass_does_not_rescan_unchanged_images() {
     let counting = node.work.path().join("counting");
     std::fs::create_dir_all(&counting).unwrap();
     let trivy = counting_trivy(&counting, &node.trivy);
-    let calls = || {
-        std::fs::read_to_string(counting.join("calls"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let calls = || fake_trivy_calls(&counting);
 
     let first = node.worker(scour()).arg("--trivy").arg(&trivy).run();
     assert_eq!(first.code(), Some(0), "{}", first.stderr());
@@ -335,11 +331,7 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
     let counting = node.work.path().join("counting");
     std::fs::create_dir_all(&counting).unwrap();
     let trivy = counting_trivy(&counting, &node.trivy);
-    let image_reads = || {
-        std::fs::read_to_string(counting.join("calls"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let image_reads = || fake_trivy_calls(&counting);
     // Keep the end-of-life image: this scenario is about findings.
     let settings = node.file("settings.json", r#"{"deleteEOLImages": false}"#);
     let pass = || {
@@ -479,11 +471,7 @@ fn real_sized_debian_images_are_analysed_once_and_rematched_after_a_db_update() 
     let counting = node.work.path().join("counting");
     std::fs::create_dir_all(&counting).unwrap();
     let trivy = counting_trivy(&counting, &node.trivy);
-    let image_reads = || {
-        std::fs::read_to_string(counting.join("calls"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let image_reads = || fake_trivy_calls(&counting);
     let pass = || {
         let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
         assert_eq!(run.code(), Some(0), "{}", run.stderr());

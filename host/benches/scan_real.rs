@@ -16,13 +16,12 @@
 //! Passes are dry runs, so every pass sees the same twenty images.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scour::scan::trivy::parse_report;
 use scour_testkit::debian;
 use scour_testkit::images::TestImage;
-use scour_testkit::scenario::{Run, TestNode, standard_db};
+use scour_testkit::scenario::{Run, TestNode, eraser_style_scan, standard_db};
 use scour_testkit::trivy_server::{TrivyServer, waited_children_cpu_time};
 use scour_testkit::trivydb::TrivyDb;
 
@@ -105,23 +104,7 @@ fn eraser_style(node: &TestNode) -> Duration {
     let started = Instant::now();
     for (role, _) in images() {
         let reference = node.images[&role].refs[0].clone();
-        let out = Command::new(&node.trivy)
-            .args(["image", "--image-src", "containerd", "--cache-backend", "memory"])
-            .args(["--format", "json", "--scanners", "vuln", "--timeout", "1h"])
-            .args([
-                "--skip-db-update",
-                "--offline-scan",
-                "--skip-version-check",
-                "--disable-telemetry",
-                "-q",
-            ])
-            .arg("--cache-dir")
-            .arg(node.trivy_cache())
-            .arg(&reference)
-            .env("CONTAINERD_ADDRESS", node.ctd.socket())
-            .env("CONTAINERD_NAMESPACE", "k8s.io")
-            .output()
-            .unwrap();
+        let out = eraser_style_scan(&node.trivy, &node.ctd.socket(), &node.trivy_cache(), &reference);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let report = parse_report(&out.stdout).unwrap();
         assert!(!report.findings.is_empty(), "{reference} is vulnerable");

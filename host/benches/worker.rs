@@ -16,7 +16,7 @@ use scour::scan::trivy::parse_report;
 use scour_testkit::containerd::PrivateContainerd;
 use scour_testkit::fake_cri::{FakeCri, FakeState, image};
 use scour_testkit::images::{TestImage, plain};
-use scour_testkit::scenario::{clean, policy_cache_dir, standard_db, vulnerable};
+use scour_testkit::scenario::{clean, eraser_style_scan, policy_cache_dir, standard_db, vulnerable};
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
@@ -87,31 +87,7 @@ fn p3(trivy: &Path) {
         let Some(reference) = img.digests.first().or(img.tags.first()) else {
             continue;
         };
-        let out = Command::new(trivy)
-            .arg("--format=json")
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args([
-                "--timeout",
-                "1h",
-                "image",
-                "--image-src",
-                "containerd",
-                "--scanners",
-                "vuln",
-            ])
-            .args([
-                "--skip-db-update",
-                "--offline-scan",
-                "--skip-version-check",
-                "--disable-telemetry",
-                "-q",
-                reference,
-            ])
-            .env("CONTAINERD_ADDRESS", ctd.socket())
-            .env("CONTAINERD_NAMESPACE", "k8s.io")
-            .output()
-            .unwrap();
+        let out = eraser_style_scan(trivy, &ctd.socket(), &cache, reference);
         let Ok(report) = parse_report(&out.stdout) else {
             continue;
         };
@@ -126,25 +102,7 @@ fn p3(trivy: &Path) {
     let baseline_rerun_started = Instant::now();
     for img in rt.block_on(cri.list_images()).unwrap() {
         let reference = img.digests.first().or(img.tags.first()).unwrap().clone();
-        Command::new(trivy)
-            .arg("--format=json")
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args([
-                "image",
-                "--image-src",
-                "containerd",
-                "--scanners",
-                "vuln",
-                "--skip-db-update",
-                "--offline-scan",
-            ])
-            .args(["--skip-version-check", "--disable-telemetry", "-q"])
-            .arg(&reference)
-            .env("CONTAINERD_ADDRESS", ctd.socket())
-            .env("CONTAINERD_NAMESPACE", "k8s.io")
-            .output()
-            .unwrap();
+        eraser_style_scan(trivy, &ctd.socket(), &cache, &reference);
     }
     let baseline_rerun = baseline_rerun_started.elapsed();
     drop(cri);

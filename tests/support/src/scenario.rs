@@ -195,6 +195,32 @@ impl TestNode {
     }
 }
 
+/// One Trivy scan the way Eraser's scanner runs it, the baseline scour's
+/// benches measure against: `trivy image` on an image held by the
+/// containerd at `socket`, vulnerabilities only, offline with the DB in
+/// `cache`, JSON out, and Trivy's layer cache in memory, so nothing is kept
+/// between scans.
+pub fn eraser_style_scan(trivy: &Path, socket: &Path, cache: &Path, reference: &str) -> std::process::Output {
+    Command::new(trivy)
+        .args(["image", "--image-src", "containerd", "--cache-backend", "memory"])
+        .args(["--format", "json", "--scanners", "vuln", "--timeout", "1h"])
+        .args([
+            "--skip-db-update",
+            "--offline-scan",
+            "--skip-version-check",
+            "--disable-telemetry",
+            "-q",
+        ])
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(reference)
+        .env("CONTAINERD_ADDRESS", socket)
+        .env("CONTAINERD_NAMESPACE", "k8s.io")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", trivy.display()))
+}
+
 /// A shared policy artifact cache, so scenarios do not recompile the policy.
 pub fn policy_cache_dir() -> PathBuf {
     crate::guests::workspace_root().join("target/test-policy-cache")

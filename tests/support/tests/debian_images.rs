@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,6 +16,7 @@ use scour_testkit::containerd::{PrivateContainerd, block_on, require_containerd}
 use scour_testkit::debian::{self, DpkgPackage, OS_BUCKET, require_debian};
 use scour_testkit::gate::require_trivy;
 use scour_testkit::images::TestImage;
+use scour_testkit::scenario::eraser_style_scan;
 use scour_testkit::trivydb::{Advisory, TrivyDb};
 
 const BASE: &str = "localhost/test/debian:12";
@@ -33,30 +33,10 @@ const PIP_VULN: &str = "CVE-TEST-PIP-0001";
 
 const MB: f64 = 1_000_000.0;
 
-/// One Trivy scan as scour runs it: image from the private containerd,
-/// vulnerabilities only, offline, DB from `cache`, layer cache in memory.
+/// One Eraser-style Trivy scan, timed.
 fn scan(trivy: &Path, ctd: &PrivateContainerd, cache: &Path, reference: &str) -> (Value, Duration) {
     let started = Instant::now();
-    let out = Command::new(trivy)
-        .args([
-            "image",
-            "--image-src",
-            "containerd",
-            "--scanners",
-            "vuln",
-            "--format",
-            "json",
-        ])
-        .args(["--offline-scan", "--skip-db-update", "--cache-backend", "memory"])
-        .args(["--skip-version-check", "--disable-telemetry", "-q", "--timeout", "10m"])
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg(reference)
-        .env("CONTAINERD_ADDRESS", ctd.socket())
-        .env("CONTAINERD_NAMESPACE", "k8s.io")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", trivy.display()));
+    let out = eraser_style_scan(trivy, &ctd.socket(), cache, reference);
     let wall = started.elapsed();
     assert!(
         out.status.success(),
