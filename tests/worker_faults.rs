@@ -158,20 +158,39 @@ fn a_corrupt_db_is_a_failed_scan_with_trivys_reason() {
     std::fs::write(node.trivy_cache().join("db/trivy.db"), vec![0x5a; 8192]).unwrap();
     let run = node.worker(scour()).run();
     assert_scans_failed(&run, &node, "invalid database");
+}
 
-    // The images' analyses do not depend on the DB and are kept: once the
-    // DB is mended, the next pass reads no image.
+#[test]
+fn kept_analyses_outlive_a_corrupt_db() {
+    let Some(node) = small_node() else { return };
+    // A dry run keeps every image and its analysis.
+    let run = node.worker(scour()).arg("--dry-run").run();
+    assert_eq!(run.status(), "ok", "{}", run.stderr());
     let kept = std::fs::read_dir(node.state_dir().join("analyses"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".cdx.json"))
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
         .count();
     assert!(kept >= 3, "a, b and clean were analysed: {kept}");
-    standard_db().write(&node.trivy_cache()).unwrap();
+
+    // A DB update arrives corrupt: matching fails, and the analyses stay.
+    standard_db()
+        .updated_at("2024-02-01T00:00:00Z")
+        .write(&node.trivy_cache())
+        .unwrap();
+    std::fs::write(node.trivy_cache().join("db/trivy.db"), vec![0x5a; 8192]).unwrap();
+    let run = node.worker(scour()).run();
+    assert_scans_failed(&run, &node, "invalid database");
+
+    // Once the DB is mended, the next pass reads no image.
+    standard_db()
+        .updated_at("2024-03-01T00:00:00Z")
+        .write(&node.trivy_cache())
+        .unwrap();
     let counting = tempfile::tempdir().unwrap();
     let trivy = counting_trivy(counting.path(), &node.trivy);
     let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
-    assert_eq!(run.status(), "ok");
+    assert_eq!(run.status(), "ok", "{}", run.stderr());
     assert_eq!(fake_trivy_calls(counting.path()), 0, "an image was read again");
     assert_eq!(run.summary("analysesReused"), kept as u64);
     assert!(!node.has("a") && !node.has("b") && node.has("clean"));

@@ -23,7 +23,7 @@ use scour_policy_sdk::{Image, ScanOutcome, Severity};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use analysis::AnalysisStore;
+use analysis::{AnalysisStore, Form};
 use cache::ScanCache;
 pub use trivy::{RunError, TrivyInfo, TrivyOptions};
 
@@ -330,9 +330,9 @@ impl Attempt {
 const DEADLINE_PASSED: &str = "the scan step's total deadline passed before this image was scanned";
 
 /// Matches the image's kept analysis against the DB. Without a usable one,
-/// analyses the image first, by each of its references in turn, and keeps
-/// the analysis. A failed match keeps the analysis: the DB or Trivy failed,
-/// not the image's packages.
+/// scans the image itself (reading its layers, by each of its references in
+/// turn) and keeps the analysis that scan gives. A failed match keeps the
+/// analysis: the DB or Trivy failed, not the image's packages.
 async fn scan_one(
     trivy: &TrivyOptions,
     store: &AnalysisStore,
@@ -341,101 +341,106 @@ async fn scan_one(
     per_image: Duration,
     deadline: Instant,
 ) -> Attempt {
-    let Some(kept) = store.path(id) else {
+    let (Some(sbom), Some(report)) = (store.path(id, Form::Sbom), store.path(id, Form::Report)) else {
         return Attempt::failed("the image id is not a digest; it cannot be scanned");
     };
-    let corrupt = match analysis::check(&kept) {
-        analysis::Check::Unusable(why) => {
+    let mut corrupt = None;
+    for (path, form) in [(&sbom, Form::Sbom), (&report, Form::Report)] {
+        if let analysis::Check::Unusable(why) = analysis::check(path, form) {
             tracing::warn!(phase = "scan", image = id, %why, "a kept image analysis is unusable; analysing the image again");
-            store.discard(id);
-            Some(why)
+            store.discard(id, form);
+            corrupt = Some(why);
         }
-        analysis::Check::Usable | analysis::Check::Missing(_) => None,
+    }
+    // Each Trivy run gets the per-image timeout, within the step's deadline.
+    let budget = || per_image.min(deadline.saturating_duration_since(Instant::now()));
+    let mut attempt = if sbom.is_file() || report.is_file() && to_sbom(trivy, store, id, &report, &sbom, &budget).await
+    {
+        rematch(trivy, id, &sbom, &budget).await
+    } else {
+        analyse(trivy, store, id, refs, &budget).await
     };
-    let mut attempt = scan_from(trivy, store, id, &kept, refs, per_image, deadline).await;
     attempt.corrupt = corrupt;
     attempt
 }
 
-/// [`scan_one`] once the kept analysis at `kept` is known usable or absent.
-async fn scan_from(
+/// Turns a kept report into a kept SBOM; false (and the report dropped, so
+/// the image is scanned again) if Trivy cannot.
+async fn to_sbom(
     trivy: &TrivyOptions,
     store: &AnalysisStore,
     id: &str,
-    kept: &Path,
-    refs: &[String],
-    per_image: Duration,
-    deadline: Instant,
-) -> Attempt {
-    // Each Trivy run, the analysis and the match alike, gets the per-image
-    // timeout, within the step's deadline.
-    let budget = || per_image.min(deadline.saturating_duration_since(Instant::now()));
-    let mut runs = 0;
-    let reused = kept.is_file();
-    if !reused && let Err(attempt) = analyse(trivy, store, id, refs, &budget, &mut runs).await {
-        return attempt;
+    report: &Path,
+    sbom: &Path,
+    budget: &impl Fn() -> Duration,
+) -> bool {
+    let Some(scratch) = store.scratch(id) else { return false };
+    let made = match trivy.to_sbom(report, &scratch, budget()).await {
+        Ok(()) => match analysis::check(&scratch, Form::Sbom) {
+            analysis::Check::Usable => store.keep(id, Form::Sbom, &scratch).map_err(|e| e.to_string()),
+            analysis::Check::Unusable(why) | analysis::Check::Missing(why) => Err(why),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match made {
+        Ok(()) => sbom.is_file(),
+        Err(why) => {
+            let _ = std::fs::remove_file(&scratch);
+            tracing::warn!(phase = "scan", image = id, %why, "cannot turn a kept analysis into an SBOM; scanning the image again");
+            store.discard(id, Form::Report);
+            false
+        }
     }
-    let remaining = budget();
-    if remaining.is_zero() {
-        return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), runs);
+}
+
+/// Matches the kept SBOM against the DB, once more if that fails for a
+/// moment: a Trivy server answers "failed scan" when two clients put the
+/// same analysis at once (images with the same packages).
+async fn rematch(trivy: &TrivyOptions, id: &str, sbom: &Path, budget: &impl Fn() -> Duration) -> Attempt {
+    if budget().is_zero() {
+        return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), 0);
     }
-    let mut result = trivy.match_analysis(kept, remaining).await;
-    // A match is cheap and can fail for a moment: a Trivy server answers
-    // "failed scan" when two clients put the same analysis at once (images
-    // with the same packages). Once more, then it is a failure.
+    let mut result = trivy.match_analysis(sbom, budget()).await;
     if let Err(e) = &result
         && !matches!(e, RunError::NotFound(_) | RunError::TimedOut(_))
         && !budget().is_zero()
     {
         tracing::debug!(phase = "scan", image = id, error = %e, "matching failed; trying once more");
-        result = trivy.match_analysis(kept, budget()).await;
+        result = trivy.match_analysis(sbom, budget()).await;
     }
     match result {
-        Ok(report) => Attempt::scanned(report, runs, reused),
+        Ok(report) => Attempt::scanned(report, 0, true),
         Err(e) => {
             let reason = e.to_string();
-            Attempt::failed_after(reason.clone(), reason, runs)
+            Attempt::failed_after(reason.clone(), reason, 0)
         }
     }
 }
 
-/// Analyses the image into the store, trying each reference in turn.
+/// Scans the image from its layers, trying each reference in turn, and
+/// keeps its analysis.
 async fn analyse(
     trivy: &TrivyOptions,
     store: &AnalysisStore,
     id: &str,
     refs: &[String],
     budget: &impl Fn() -> Duration,
-    runs: &mut usize,
-) -> Result<(), Attempt> {
+) -> Attempt {
     if refs.is_empty() {
-        return Err(Attempt::failed("the image has no tag or digest to scan it by"));
+        return Attempt::failed("the image has no tag or digest to scan it by");
     }
-    let Some(scratch) = store.scratch(id) else {
-        return Err(Attempt::failed("the image id is not a digest; it cannot be scanned"));
-    };
     let mut last = (String::new(), String::new());
+    let mut runs = 0;
     for r in refs {
         let remaining = budget();
         if remaining.is_zero() {
-            let reason = DEADLINE_PASSED.to_owned();
-            return Err(Attempt::failed_after(reason.clone(), reason, *runs));
+            return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), runs);
         }
-        *runs += 1;
-        match trivy.analyse(r, &scratch, remaining).await {
-            Ok(()) => {
-                let kept = match analysis::check(&scratch) {
-                    analysis::Check::Usable => store
-                        .keep(id, &scratch)
-                        .map_err(|e| format!("cannot keep the image analysis: {e}")),
-                    analysis::Check::Unusable(why) | analysis::Check::Missing(why) => {
-                        Err(RunError::Garbage(format!("no usable analysis: {why}")).to_string())
-                    }
-                };
-                return kept.map_err(|reason| {
-                    let _ = std::fs::remove_file(&scratch);
-                    Attempt::failed_after(reason.clone(), reason, *runs)
-                });
+        runs += 1;
+        match trivy.analyse(r, remaining).await {
+            Ok((report, analysis)) => {
+                keep_report(store, id, &analysis);
+                return Attempt::scanned(report, runs, false);
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -448,6 +453,16 @@ async fn analyse(
             }
         }
     }
-    let _ = std::fs::remove_file(&scratch);
-    Err(Attempt::failed_after(last.0, last.1, *runs))
+    Attempt::failed_after(last.0, last.1, runs)
+}
+
+/// Keeps a fresh analysis; one that cannot be written is only a warning,
+/// since the scan itself succeeded and the next pass scans again.
+fn keep_report(store: &AnalysisStore, id: &str, analysis: &[u8]) {
+    let Some(scratch) = store.scratch(id) else { return };
+    let kept = std::fs::write(&scratch, analysis).and_then(|()| store.keep(id, Form::Report, &scratch));
+    if let Err(e) = kept {
+        let _ = std::fs::remove_file(&scratch);
+        tracing::warn!(phase = "scan", image = id, error = %e, "cannot keep the image's analysis");
+    }
 }

@@ -211,41 +211,60 @@ impl TrivyOptions {
         )
     }
 
-    /// Analyses one image held by containerd, by tag or `repo@digest`: its
-    /// OS and packages, as a CycloneDX SBOM written to `out`. Reads the
-    /// image's layers; needs no vulnerability DB.
-    pub async fn analyse(&self, reference: &str, out: &Path, timeout: Duration) -> Result<(), RunError> {
+    /// Scans one image held by containerd, by tag or `repo@digest`, reading
+    /// its layers: the report, and its analysis (OS and every package, the
+    /// report without its findings) for [`TrivyOptions::to_sbom`] to turn
+    /// into an SBOM when the DB changes.
+    pub async fn analyse(&self, reference: &str, timeout: Duration) -> Result<(ScanReport, Vec<u8>), RunError> {
         let mut cmd = self.command();
         cmd.args([
             "image",
             "--image-src",
             "containerd",
             "--format",
-            "cyclonedx",
-            "--skip-db-update",
+            "json",
+            "--scanners",
+            SCANNERS,
+            "--list-all-pkgs",
             "--skip-version-check",
             "--disable-telemetry",
             "-q",
         ]);
-        cmd.arg("--output").arg(out);
         match &self.server {
             Some(server) => {
                 cmd.arg("--server").arg(server.as_str());
             }
             None => {
                 cmd.arg("--cache-backend").arg(&self.cache_backend);
+                self.db_args(&mut cmd);
             }
         }
-        if self.offline {
+        if self.server.is_some() && self.offline {
             cmd.arg("--offline-scan");
+        }
+        if !self.ignore_statuses.is_empty() {
+            cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
         }
         self.common_args(&mut cmd, timeout);
         cmd.arg(reference);
+        let stdout = self.run_bounded(cmd, timeout).await?;
+        let report = parse_report(&stdout).map_err(RunError::Garbage)?;
+        let analysis = without_findings(&stdout).map_err(RunError::Garbage)?;
+        Ok((report, analysis))
+    }
+
+    /// Turns an analysis from [`TrivyOptions::analyse`] into a CycloneDX
+    /// SBOM at `out` (`trivy convert`; no DB, no image).
+    pub async fn to_sbom(&self, analysis: &Path, out: &Path, timeout: Duration) -> Result<(), RunError> {
+        let mut cmd = self.command();
+        cmd.args(["convert", "--format", "cyclonedx", "-q"]);
+        cmd.arg("--output").arg(out);
+        cmd.arg(analysis);
         self.run_bounded(cmd, timeout).await.map(drop)
     }
 
-    /// Matches a kept analysis (`sbom`, from [`TrivyOptions::analyse`])
-    /// against the vulnerability DB. Reads no image.
+    /// Matches a kept SBOM (from [`TrivyOptions::to_sbom`]) against the
+    /// vulnerability DB. Reads no image.
     pub async fn match_analysis(&self, sbom: &Path, timeout: Duration) -> Result<ScanReport, RunError> {
         let mut cmd = self.command();
         cmd.args([
@@ -262,18 +281,26 @@ impl TrivyOptions {
         if !self.ignore_statuses.is_empty() {
             cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
         }
-        if let Some(server) = &self.server {
+        match &self.server {
             // The server holds the DB and keeps it fresh.
-            cmd.arg("--server").arg(server.as_str());
-        } else if self.offline {
-            cmd.args(["--skip-db-update", "--offline-scan"]);
-        } else if let Some(repo) = &self.db_repository {
-            cmd.arg("--db-repository").arg(repo);
+            Some(server) => {
+                cmd.arg("--server").arg(server.as_str());
+            }
+            None => self.db_args(&mut cmd),
         }
         self.common_args(&mut cmd, timeout);
         cmd.arg(sbom);
         let stdout = self.run_bounded(cmd, timeout).await?;
         parse_report(&stdout).map_err(RunError::Garbage)
+    }
+
+    /// Where the DB comes from, for a run that reads it itself.
+    fn db_args(&self, cmd: &mut Command) {
+        if self.offline {
+            cmd.args(["--skip-db-update", "--offline-scan"]);
+        } else if let Some(repo) = &self.db_repository {
+            cmd.arg("--db-repository").arg(repo);
+        }
     }
 
     /// The cache dir, Go runtime limits, `--pkg-types` and Trivy's own
@@ -465,6 +492,20 @@ struct Vulnerability {
     fixed: Option<String>,
     #[serde(rename = "Severity", default)]
     severity: String,
+}
+
+/// A Trivy JSON report without its findings: the image's analysis, which
+/// does not go stale when the DB changes.
+fn without_findings(json: &[u8]) -> Result<Vec<u8>, String> {
+    let mut report: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if let Some(results) = report.get_mut("Results").and_then(serde_json::Value::as_array_mut) {
+        for result in results {
+            if let Some(result) = result.as_object_mut() {
+                result.remove("Vulnerabilities");
+            }
+        }
+    }
+    serde_json::to_vec(&report).map_err(|e| e.to_string())
 }
 
 /// Reads a Trivy JSON report into a scan report.

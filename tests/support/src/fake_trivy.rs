@@ -28,8 +28,7 @@ pub fn fake_trivy(dir: &Path, how: Misbehaviour) -> PathBuf {
             "echo 'panic: runtime error: invalid memory address or nil pointer dereference' >&2\nkill -SEGV $$"
                 .to_owned()
         }
-        // To stdout, and to the file `--output FILE` names.
-        Misbehaviour::Garbage => "out=/dev/stdout\nwhile [ $# -gt 0 ]; do [ \"$1\" = --output ] && out=$2; shift; done\necho 'this is not a trivy report' > \"$out\"\nexit 0".to_owned(),
+        Misbehaviour::Garbage => "echo 'this is not a trivy report'\nexit 0".to_owned(),
         Misbehaviour::CorruptDb => {
             "echo '2026-01-01T00:00:00Z\tFATAL\tFatal error\tinit error: DB error: failed to open db: invalid database' >&2\nexit 1"
                 .to_owned()
