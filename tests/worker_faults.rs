@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use scour_testkit::fake_cri::{FakeCri, FakeState, container, image};
-use scour_testkit::fake_trivy::{Misbehaviour, counting_trivy, fake_trivy, fake_trivy_calls};
+use scour_testkit::fake_trivy::{Misbehaviour, fake_trivy, fake_trivy_calls};
 use scour_testkit::scenario::{Run, TestNode, clean, standard_db, vulnerable};
-use scour_testkit::trivy_server::{TrivyServer, free_port, garbage_server};
+use scour_testkit::trivy_server::{TrivyServer, canned_server, free_port};
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
@@ -186,12 +186,11 @@ fn kept_analyses_outlive_a_corrupt_db() {
         .updated_at("2024-03-01T00:00:00Z")
         .write(&node.trivy_cache())
         .unwrap();
-    let counting = tempfile::tempdir().unwrap();
-    let trivy = counting_trivy(counting.path(), &node.trivy);
+    let (trivy, image_reads) = node.counting_trivy();
     let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     assert_eq!(run.status(), "ok", "{}", run.stderr());
-    assert_eq!(fake_trivy_calls(counting.path()), 0, "an image was read again");
+    assert_eq!(image_reads(), 0, "an image was read again");
     assert_eq!(run.summary("analysesReused"), kept as u64);
     assert!(!node.has("a") && !node.has("b") && node.has("clean"));
 }
@@ -215,7 +214,7 @@ fn a_trivy_server_that_is_down_keeps_every_image_and_degrades_the_pass() {
 #[test]
 fn a_trivy_server_answering_garbage_keeps_every_image_and_degrades_the_pass() {
     let Some(node) = small_node() else { return };
-    let garbage = garbage_server(b"HTTP/1.0 200 OK\r\n\r\n<html>a proxy's login page</html>");
+    let garbage = canned_server(b"HTTP/1.0 200 OK\r\n\r\n<html>a proxy's login page</html>");
     let run = node
         .worker(scour())
         .arg("--trivy-server")

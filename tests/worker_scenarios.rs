@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use scour_testkit::containerd::block_on;
 use scour_testkit::debian;
-use scour_testkit::fake_trivy::{counting_trivy, fake_trivy_calls};
 use scour_testkit::guests::hostile_guest_path;
 use scour_testkit::scenario::{
     Run, TestNode, clean, end_of_life, runnable_vulnerable, standard_db, vulnerable, wait_for,
@@ -260,10 +259,7 @@ fn a_second_pass_does_not_rescan_unchanged_images() {
         ("clean-b", clean("localhost/test/clean-b:1", "clean-b")),
         ("vulnerable", vulnerable("localhost/test/vulnerable:1", "vulnerable")),
     ]);
-    let counting = node.work.path().join("counting");
-    std::fs::create_dir_all(&counting).unwrap();
-    let trivy = counting_trivy(&counting, &node.trivy);
-    let calls = || fake_trivy_calls(&counting);
+    let (trivy, calls) = node.counting_trivy();
 
     let first = node.worker(scour()).arg("--trivy").arg(&trivy).run();
     assert_eq!(first.code(), Some(0), "{}", first.stderr());
@@ -328,10 +324,7 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
         ("clean", clean("localhost/test/clean:1", "clean")),
         ("eol", end_of_life("localhost/test/eol:1", "eol")),
     ]);
-    let counting = node.work.path().join("counting");
-    std::fs::create_dir_all(&counting).unwrap();
-    let trivy = counting_trivy(&counting, &node.trivy);
-    let image_reads = || fake_trivy_calls(&counting);
+    let (trivy, image_reads) = node.counting_trivy();
     // Keep the end-of-life image: this scenario is about findings.
     let settings = node.file("settings.json", r#"{"deleteEOLImages": false}"#);
     let pass = || {
@@ -468,10 +461,7 @@ fn real_sized_debian_images_are_analysed_once_and_rematched_after_a_db_update() 
         ("app", debian::variant_image("localhost/real/app:1", "app")),
         ("lang", debian::language_image("localhost/real/lang:1", "lang")),
     ]);
-    let counting = node.work.path().join("counting");
-    std::fs::create_dir_all(&counting).unwrap();
-    let trivy = counting_trivy(&counting, &node.trivy);
-    let image_reads = || fake_trivy_calls(&counting);
+    let (trivy, image_reads) = node.counting_trivy();
     let pass = || {
         let run = node.worker(scour()).arg("--trivy").arg(&trivy).run();
         assert_eq!(run.code(), Some(0), "{}", run.stderr());

@@ -135,20 +135,20 @@ impl Kept {
 
     /// The store for analyses made under `key`, opened once per pass.
     fn analyses(&mut self, key: &str) -> Result<std::sync::Arc<AnalysisStore>, String> {
-        if self.analyses.is_none() {
-            let store = AnalysisStore::open(self.state_dir.as_deref(), key).map_err(|e| {
-                let dir = self
-                    .state_dir
-                    .as_ref()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or("a temp dir".into());
-                format!("cannot keep image analyses under {dir}: {e}")
-            })?;
-            self.analyses = Some(std::sync::Arc::new(store));
+        if let Some(store) = &self.analyses {
+            return Ok(store.clone());
         }
-        self.analyses
-            .clone()
-            .ok_or_else(|| "no store for image analyses".to_owned())
+        let store = AnalysisStore::open(self.state_dir.as_deref(), key).map_err(|e| {
+            let dir = self
+                .state_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or("a temp dir".into());
+            format!("cannot keep image analyses under {dir}: {e}")
+        })?;
+        let store = std::sync::Arc::new(store);
+        self.analyses = Some(store.clone());
+        Ok(store)
     }
 }
 
@@ -354,8 +354,7 @@ async fn scan_one(
     }
     // Each Trivy run gets the per-image timeout, within the step's deadline.
     let budget = || per_image.min(deadline.saturating_duration_since(Instant::now()));
-    let mut attempt = if sbom.is_file() || report.is_file() && to_sbom(trivy, store, id, &report, &sbom, &budget).await
-    {
+    let mut attempt = if sbom.is_file() || report.is_file() && to_sbom(trivy, store, id, &report, &budget).await {
         rematch(trivy, id, &sbom, &budget).await
     } else {
         analyse(trivy, store, id, refs, &budget).await
@@ -371,7 +370,6 @@ async fn to_sbom(
     store: &AnalysisStore,
     id: &str,
     report: &Path,
-    sbom: &Path,
     budget: &impl Fn() -> Duration,
 ) -> bool {
     let Some(scratch) = store.scratch(id) else { return false };
@@ -383,7 +381,7 @@ async fn to_sbom(
         Err(e) => Err(e.to_string()),
     };
     match made {
-        Ok(()) => sbom.is_file(),
+        Ok(()) => true,
         Err(why) => {
             let _ = std::fs::remove_file(&scratch);
             tracing::warn!(phase = "scan", image = id, %why, "cannot turn a kept analysis into an SBOM; scanning the image again");

@@ -242,9 +242,6 @@ impl TrivyOptions {
         if self.server.is_some() && self.offline {
             cmd.arg("--offline-scan");
         }
-        if !self.ignore_statuses.is_empty() {
-            cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
-        }
         self.common_args(&mut cmd, timeout);
         cmd.arg(reference);
         let stdout = self.run_bounded(cmd, timeout).await?;
@@ -278,9 +275,6 @@ impl TrivyOptions {
             "--disable-telemetry",
             "-q",
         ]);
-        if !self.ignore_statuses.is_empty() {
-            cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
-        }
         match &self.server {
             // The server holds the DB and keeps it fresh.
             Some(server) => {
@@ -303,8 +297,8 @@ impl TrivyOptions {
         }
     }
 
-    /// The cache dir, Go runtime limits, `--pkg-types` and Trivy's own
-    /// `--timeout`, shared by both kinds of run.
+    /// The cache dir, Go runtime limits, `--pkg-types`, `--ignore-status`
+    /// and Trivy's own `--timeout`, shared by the scan and the match.
     fn common_args(&self, cmd: &mut Command, timeout: Duration) {
         self.cache_args(cmd);
         cmd.env("GOGC", "off")
@@ -312,6 +306,9 @@ impl TrivyOptions {
             .env("GOMAXPROCS", self.go_max_procs.max(1).to_string());
         if !self.pkg_types.is_empty() {
             cmd.arg("--pkg-types").arg(self.pkg_types.join(","));
+        }
+        if !self.ignore_statuses.is_empty() {
+            cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
         }
         cmd.arg("--timeout").arg(format!("{}s", timeout.as_secs().max(1)));
     }
@@ -610,18 +607,10 @@ mod tests {
         }
     }
 
-    /// A one-shot HTTP server on loopback that answers `answer`.
+    /// An HTTP server on loopback that answers `answer` to everything.
     fn answering(answer: &'static [u8]) -> ServerUrl {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(answer);
-        });
-        ServerUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+        let addr = scour_testkit::trivy_server::canned_server(answer);
+        ServerUrl::parse(&format!("http://{addr}")).unwrap()
     }
 
     #[tokio::test]

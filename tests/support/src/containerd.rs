@@ -812,7 +812,9 @@ impl PrivateContainerd {
         remove_idle_cgroup_parents();
 
         // 5. Mounts under the dir (deepest first), then the tmpfs on it.
-        unmount_all_under(&self.dir);
+        if let Err(e) = unmount_all_under(&self.dir) {
+            warn(&self.dir, &e);
+        }
 
         // 6. The dir.
         if let Err(e) = fs::remove_dir_all(&self.dir)
@@ -1307,16 +1309,22 @@ fn cgroup_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
-/// `umount -l` every mount at or under `dir`, deepest first, until none is left.
-fn unmount_all_under(dir: &Path) {
-    for _round in 0..8 {
-        let mut points: Vec<PathBuf> = mounts()
+/// `umount -l` every mount at or under `dir`, deepest first, until none is
+/// left; an error names what is left after 8 rounds.
+pub(crate) fn unmount_all_under(dir: &Path) -> Result<(), String> {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let under = || -> Vec<PathBuf> {
+        mounts()
             .into_iter()
             .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(dir))
-            .collect();
+            .filter(|p| p.starts_with(&dir))
+            .collect()
+    };
+    let mut last_error = None;
+    for _round in 0..8 {
+        let mut points = under();
         if points.is_empty() {
-            return;
+            return Ok(());
         }
         points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         points.dedup();
@@ -1325,11 +1333,19 @@ fn unmount_all_under(dir: &Path) {
                 && e != nix::errno::Errno::EINVAL
                 && e != nix::errno::Errno::ENOENT
             {
-                warn(dir, &format!("umount -l {}: {e}", point.display()));
+                last_error = Some(format!("umount -l {}: {e}", point.display()));
             }
         }
     }
-    warn(dir, "mounts remain under the instance dir after 8 rounds of umount -l");
+    let left = under();
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "mounts remain under {} after 8 rounds of umount -l: {left:?}{}",
+        dir.display(),
+        last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    ))
 }
 
 /// `<cgroup mount>/k8s.io` directories that did not exist before a fixture

@@ -1016,7 +1016,9 @@ impl ControlPlane {
     /// and reaps it. etcd keeps running with its data.
     pub fn stop_apiserver(&mut self) {
         let mut apiserver = self.apiserver.take();
-        terminate(&self.dir, &mut [("kube-apiserver", &mut apiserver)], STOP_GRACE);
+        terminate(&mut [("kube-apiserver", &mut apiserver)], STOP_GRACE, |m| {
+            warn(&self.dir, m)
+        });
     }
 
     /// Whether the apiserver process is running (reaps it if it exited).
@@ -1066,9 +1068,9 @@ impl ControlPlane {
         let mut apiserver = self.apiserver.take();
         let mut etcd = self.etcd.take();
         terminate(
-            &self.dir,
             &mut [("kube-apiserver", &mut apiserver), ("etcd", &mut etcd)],
             grace,
+            |m| warn(&self.dir, m),
         );
     }
 
@@ -1237,15 +1239,15 @@ fn running(child: &mut Option<Child>) -> bool {
 }
 
 /// SIGTERM to each running child, SIGKILL to those still running after
-/// `grace`, then reap them all.
-fn terminate(dir: &Path, children: &mut [(&str, &mut Option<Child>)], grace: Duration) {
+/// `grace`, then reap them all; what goes wrong goes to `warn`.
+pub(crate) fn terminate(children: &mut [(&str, &mut Option<Child>)], grace: Duration, warn: impl Fn(&str)) {
     for (what, child) in children.iter_mut() {
         if let Some(c) = child.as_mut()
             && let Ok(None) = c.try_wait()
             && let Err(e) = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM)
             && e != nix::errno::Errno::ESRCH
         {
-            warn(dir, &format!("SIGTERM to {what} ({}): {e}", c.id()));
+            warn(&format!("SIGTERM to {what} ({}): {e}", c.id()));
         }
     }
     let deadline = Instant::now() + grace;
@@ -1269,7 +1271,7 @@ fn terminate(dir: &Path, children: &mut [(&str, &mut Option<Child>)], grace: Dur
                 let _ = c.kill();
             }
             if let Err(e) = c.wait() {
-                warn(dir, &format!("waiting for {what} ({}): {e}", c.id()));
+                warn(&format!("waiting for {what} ({}): {e}", c.id()));
             }
         }
     }

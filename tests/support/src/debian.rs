@@ -606,7 +606,7 @@ fn debootstrap(paths: &Paths, mirror: &str) -> Result<(), String> {
             tail.join("\n")
         ));
     }
-    unmount_under(&tmp)?;
+    crate::containerd::unmount_all_under(&tmp)?;
     fs::rename(&tmp, &paths.tree).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), paths.tree.display()))
 }
 
@@ -682,42 +682,8 @@ fn remove_stale_temps(paths: &Paths) -> Result<(), String> {
 /// Unmounts whatever a (killed) debootstrap left mounted under `dir`
 /// (`proc`, `sys`), then removes the tree; refuses while mounts remain.
 fn remove_tree(dir: &Path) -> Result<(), String> {
-    unmount_under(dir)?;
+    crate::containerd::unmount_all_under(dir)?;
     fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))
-}
-
-fn unmount_under(dir: &Path) -> Result<(), String> {
-    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    for _round in 0..4 {
-        let mut points = mount_points_under(&dir);
-        if points.is_empty() {
-            return Ok(());
-        }
-        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for point in points {
-            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let left = mount_points_under(&dir);
-    if left.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "mounts remain under {} ({left:?}); not removing it",
-            dir.display()
-        ))
-    }
-}
-
-fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect()
 }
 
 // ---------------------------------------------------------------- tar

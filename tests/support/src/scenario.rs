@@ -165,6 +165,15 @@ impl TestNode {
         self.image_ids().contains(&self.id(role))
     }
 
+    /// The real Trivy behind a wrapper that counts its `trivy image` runs
+    /// (the ones that read an image): the wrapper's path, and the count so far.
+    pub fn counting_trivy(&self) -> (PathBuf, impl Fn() -> usize + use<>) {
+        let dir = self.work.path().join(format!("counting-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("a dir for the counting trivy");
+        let trivy = crate::fake_trivy::counting_trivy(&dir, &self.trivy);
+        (trivy, move || crate::fake_trivy::fake_trivy_calls(&dir))
+    }
+
     /// `scour worker` against this node with the usual flags: real Trivy,
     /// offline with the generated DB, a per-node state dir, a JSON report.
     pub fn worker(&self, scour: &Path) -> Worker {

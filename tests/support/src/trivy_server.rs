@@ -93,20 +93,9 @@ impl TrivyServer {
 
     /// Stops it (SIGTERM, then SIGKILL after 5 s) and waits for it.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        crate::control_plane::terminate(&mut [("trivy server", &mut self.child)], Duration::from_secs(5), |m| {
+            eprintln!("trivy server {}: {m}", self.addr)
+        });
     }
 }
 
@@ -156,9 +145,10 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-/// A TCP server on loopback that answers every connection with `answer`
-/// and closes it, until the test ends: a scanner endpoint talking nonsense.
-pub fn garbage_server(answer: &'static [u8]) -> SocketAddr {
+/// A TCP server on loopback that answers every connection with the same
+/// canned bytes and closes it, until the test ends: a scanner endpoint that
+/// answers as told, sense or nonsense.
+pub fn canned_server(answer: &'static [u8]) -> SocketAddr {
     use std::io::Write;
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
