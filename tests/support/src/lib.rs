@@ -14,6 +14,8 @@ pub mod helm;
 pub mod images;
 pub mod kubelet;
 pub mod nodes;
+pub mod oci_push;
+pub mod registry;
 pub mod scenario;
 pub mod trivy_server;
 pub mod trivydb;
