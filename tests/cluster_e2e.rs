@@ -20,6 +20,8 @@ use scour_testkit::scenario::{TestNode, clean, end_of_life, runnable_vulnerable,
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 /// What the chart's config says the runtime socket is.
 const RUNTIME_SOCKET: &str = "/run/containerd/containerd.sock";
+/// What the chart's config says the runtime's root is (runtime.imageFsPath).
+const IMAGE_FS_PATH: &str = "/var/lib/containerd";
 
 /// The seed's ImageList, as its heredoc writes it.
 const SEED_IMAGELIST: &str = include_str!("data/controller/imagelist.yaml");
@@ -45,6 +47,16 @@ async fn cluster(
     linux: &[&str],
     images: impl Fn(&str) -> Vec<(&'static str, scour_testkit::images::TestImage)>,
 ) -> Option<(Cluster, Vec<Node>)> {
+    cluster_with(values, linux, images, |_| {}).await
+}
+
+/// [`cluster`], with `adjust` changing each node agent's setup.
+async fn cluster_with(
+    values: &[&str],
+    linux: &[&str],
+    images: impl Fn(&str) -> Vec<(&'static str, scour_testkit::images::TestImage)>,
+    adjust: impl Fn(&mut NodeSetup),
+) -> Option<(Cluster, Vec<Node>)> {
     let c = Cluster::bare().await?;
     if !require_kubectl() {
         return None;
@@ -67,10 +79,14 @@ async fn cluster(
         let state = root.join("host/var/lib/scour");
         // The node's Trivy DB, where the worker pod's hostPath puts it.
         standard_db().write(&state.join("trivy")).expect("the Trivy DB");
-        let setup = NodeSetup {
+        let mut setup = NodeSetup {
             node: (*name).to_owned(),
             root: root.clone(),
-            host_paths: BTreeMap::from([(RUNTIME_SOCKET.to_owned(), test.ctd.socket())]),
+            host_paths: BTreeMap::from([
+                (RUNTIME_SOCKET.to_owned(), test.ctd.socket()),
+                // The chart's runtime.imageFsPath: containerd's root.
+                (IMAGE_FS_PATH.to_owned(), test.ctd.root()),
+            ]),
             binaries: BTreeMap::from([("/usr/local/bin/scour".to_owned(), PathBuf::from(SCOUR))]),
             env: vec![
                 // The image puts Trivy on PATH; the test machine has no
@@ -87,6 +103,7 @@ async fn cluster(
                 ),
             ],
         };
+        adjust(&mut setup);
         let agent = NodeAgent::start(c.admin.clone(), setup).await;
         nodes.push(Node {
             name: (*name).to_owned(),
@@ -504,4 +521,352 @@ async fn a_run_whose_scans_all_fail_is_degraded_on_every_node_and_keeps_every_im
         assert!(r.summary.scan_failed >= 2, "{node}: {:?}", r.summary);
         assert!(!r.errors.is_empty(), "{node}: the reason is kept");
     }
+}
+
+/// Where the custom worker image of the disk-pressure scenario holds its
+/// policy (`policy.path`).
+const BAKED_POLICY: &str = "/usr/local/share/scour/policies/js-disk-pressure.wasm";
+const MIB: u64 = 1 << 20;
+
+/// An image of `tag` with `mib` MiB of content of its own: its size, and the
+/// snapshot it unpacks to, are about that much.
+fn sized(image: scour_testkit::images::TestImage, role: &str, mib: u64) -> scour_testkit::images::TestImage {
+    image.file(
+        &format!("/var/cache/filler-{role}"),
+        0o644,
+        vec![b'x'; (mib * MIB) as usize],
+    )
+}
+
+/// The JSON log lines of every worker whose message is `msg`.
+fn worker_log_lines(nodes: &[Node], msg: &str) -> Vec<serde_json::Value> {
+    nodes
+        .iter()
+        .flat_map(|n| n.agent.ran())
+        .flat_map(|ran| {
+            std::fs::read_to_string(&ran.log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"] == msg)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_disk_pressure_example_removes_images_on_a_cluster() {
+    // The JavaScript example is about 12 MiB, over a ConfigMap's 1 MiB: it
+    // ships baked into a custom worker image (policy.path), which the node
+    // agent stands in for with the built file.
+    let Some(policy) = scour_testkit::guests::example_policy(SCOUR.as_ref(), "js-disk-pressure") else {
+        return;
+    };
+    let digest = format!(
+        "sha256:{}",
+        hex_digest(&std::fs::read(&policy).expect("the built example"))
+    );
+    let images = |_: &str| {
+        vec![
+            // Unused: removable, largest first.
+            ("big", sized(clean("ghcr.io/example/ml-base:1.0", "big"), "big", 48)),
+            (
+                "medium",
+                sized(clean("registry.example.com/build/cache:pr-7", "medium"), "medium", 24),
+            ),
+            (
+                "small",
+                sized(clean("docker.io/library/alpine:3.99", "small"), "small", 4),
+            ),
+            // The largest, but a container runs it.
+            (
+                "in-use",
+                sized(
+                    runnable_vulnerable("myregistry.example.com/shop/api:2.4.1", "in-use"),
+                    "in-use",
+                    64,
+                ),
+            ),
+            // Large, but on a user exclusion list.
+            (
+                "excluded",
+                sized(clean("docker.io/library/nginx:1.25", "excluded"), "excluded", 40),
+            ),
+        ]
+    };
+    let values_dir = tempfile::tempdir().unwrap();
+    let values = values_dir.path().join("values.yaml");
+    let write_values = |settings: &str| {
+        std::fs::write(
+            &values,
+            format!(
+                "policy:\n  path: {BAKED_POLICY}\n  sha256: \"{digest}\"\n{settings}\
+                 exclusions:\n  user:\n    web-team: [\"docker.io/library/nginx:*\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_values("");
+    let values_arg = values.display().to_string();
+    let baked = policy.clone();
+    let Some((c, nodes)) = cluster_with(&["-f", &values_arg], &["node-a"], images, move |setup| {
+        setup.binaries.insert(BAKED_POLICY.to_owned(), baked.clone());
+    })
+    .await
+    else {
+        return;
+    };
+    let n = &nodes[0];
+    let pod = n.test.ctd.run_pod("shop").await.expect("a pod sandbox");
+    n.test
+        .ctd
+        .create_container(&pod, "myregistry.example.com/shop/api:2.4.1", "api", true)
+        .await
+        .expect("a running container");
+
+    // What the policy will see: the image store's usage as containerd
+    // counts it (its snapshot stats are refreshed every 10 s), and the
+    // capacity of the filesystem holding its root, a 4 GiB tmpfs.
+    let cri = n.test.ctd.cri_client().await.expect("a CRI client");
+    let fillers = (48 + 24 + 4 + 64 + 40) * MIB;
+    let used = c
+        .eventually("containerd to count the imported images' snapshots", || async {
+            let used = cri.image_fs_info().await.ok()??.used_bytes?;
+            (used >= fillers).then_some(used)
+        })
+        .await;
+    let fs = nix::sys::statvfs::statvfs(&n.test.ctd.root()).unwrap();
+    let capacity = fs.blocks() * fs.fragment_size();
+    // The filesystem is mostly empty, so the thresholds sit just under what
+    // the images fill, in the policy's own tenths of a percent: over the
+    // threshold, and freeing about 60 MiB reaches the target. Largest
+    // first, that takes the big (48 MiB) and the medium (24 MiB) image and
+    // leaves the small one; the in-use and excluded ones are never candidates.
+    let tenths = used * 1000 / capacity;
+    assert!(tenths >= 3, "{used} of {capacity} bytes is too little to work with");
+    let threshold = (tenths - 1) as f64 / 10.0;
+    let target = ((used - 60 * MIB) * 1000 + capacity / 2) / capacity;
+    let target = target as f64 / 10.0;
+    write_values(&format!(
+        "  settings:\n    thresholdPercent: {threshold}\n    targetPercent: {target}\n"
+    ));
+    let helm = Helm::find().expect("helm, found once already");
+    apply(&c, &helm.template(&["-f", &values_arg]));
+    // The worker pod compiles the policy; warm the shared compile cache so
+    // the run is not a first compile of 12 MiB of JavaScript engine.
+    let checked = std::process::Command::new(SCOUR)
+        .args(["policy", "check", "--policy"])
+        .arg(&policy)
+        .env("SCOUR_POLICY_CACHE_DIR", scour_testkit::scenario::policy_cache_dir())
+        .env("SCOUR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+
+    let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+    let job = finished_run(&c, Trigger::Automatic, 1, &controller).await;
+    let logs = worker_logs(&nodes);
+    for role in ["big", "medium"] {
+        assert!(!n.has(role), "the {role} image survived disk pressure\n{logs}");
+    }
+    for role in ["small", "in-use", "excluded"] {
+        assert!(n.has(role), "the {role} image was removed\n{logs}");
+    }
+    assert!(
+        n.test.image_ids().contains(&n.test.sandbox_id()),
+        "the pause image went"
+    );
+
+    // The worker measured the capacity through the pod's mount of the
+    // node's /var/lib/containerd, and the policy saw it.
+    let collected = worker_log_lines(&nodes, "collected");
+    assert_eq!(collected.len(), 1, "{logs}");
+    let measured_at = collected[0]["image_fs_measured_at"].as_str().unwrap_or_default();
+    assert!(measured_at.ends_with("/rootfs/host/image-fs"), "{measured_at}\n{logs}");
+    assert_eq!(collected[0]["image_fs_capacity"], capacity, "{logs}");
+    assert_eq!(collected[0]["image_fs_used"], used, "{logs}");
+
+    let reports = c.reports(&job.name_any()).await;
+    let report = &reports["node-a"][0].spec;
+    assert!(report.complete, "{:?}", report.incomplete);
+    assert_eq!(report.policy, digest);
+    let removed: BTreeMap<&str, &str> = report
+        .removed
+        .iter()
+        .map(|e| (e.image.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        removed.keys().copied().collect::<Vec<_>>(),
+        ["ghcr.io/example/ml-base:1.0", "registry.example.com/build/cache:pr-7"],
+        "{removed:?}"
+    );
+    let over = format!(
+        "disk-pressure: {}% used, over {threshold}%; largest first",
+        tenths as f64 / 10.0
+    );
+    for reason in removed.values() {
+        assert!(reason.starts_with(&over), "{reason} (expected {over})");
+    }
+    let status = job.status.clone().unwrap();
+    assert_eq!((status.succeeded, status.removed), (1, 2), "{status:#?}");
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Pushes `component` (with the case files under `cases`, if any) through
+/// `scour policy push`; returns the digest-pinned reference it prints.
+fn push_policy(
+    registry: &scour_testkit::registry::Registry,
+    component: &std::path::Path,
+    repo: &str,
+    cases: &std::path::Path,
+) -> String {
+    let out = std::process::Command::new(SCOUR)
+        .args(["policy", "push", "--policy"])
+        .arg(component)
+        .arg(format!("registry://{}/{repo}", registry.host()))
+        .arg("--cases")
+        .arg(cases)
+        .args(["--insecure-registry", &registry.host()])
+        .env("SCOUR_POLICY_CACHE_DIR", scour_testkit::scenario::policy_cache_dir())
+        .output()
+        .expect("scour policy push");
+    assert!(
+        out.status.success(),
+        "scour policy push:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_traps_is_refused_before_rollout() {
+    let Some(registry) = scour_testkit::registry::Registry::start() else {
+        return;
+    };
+    let Some(python) = scour_testkit::guests::example_policy(SCOUR.as_ref(), "python-cve-allowlist") else {
+        return;
+    };
+    let size = std::fs::metadata(&python).unwrap().len();
+    assert!(size >= 10 << 20, "the Python policy is {size} bytes");
+    let examples = scour_testkit::guests::workspace_root().join("guest-examples");
+    let good = push_policy(
+        &registry,
+        &python,
+        "policies/cve-allowlist:v1",
+        &examples.join("python-cve-allowlist/tests"),
+    );
+    // A policy that traps, published around `scour policy push` (which
+    // would refuse it) with the Python policy's cases.
+    let cases = std::fs::read(examples.join("python-cve-allowlist/tests/cases.yaml")).unwrap();
+    let trap = scour_testkit::oci_push::push_artifact(
+        registry.addr(),
+        None,
+        "policies/cve-allowlist",
+        "v2",
+        "application/vnd.wasm.config.v1+json",
+        &[
+            scour_testkit::oci_push::Layer {
+                media_type: "application/vnd.wasm.content.layer.v1+wasm",
+                data: &scour_testkit::guests::hostile_guest("panics"),
+                title: None,
+            },
+            scour_testkit::oci_push::Layer {
+                media_type: "application/vnd.scour.policy.cases.v1+yaml",
+                data: &cases,
+                title: Some("cases.yaml"),
+            },
+        ],
+    );
+    let bad = format!("registry://{}/policies/cve-allowlist:v2@{trap}", registry.host());
+    let insecure = format!("policy.insecureSources={{{}}}", registry.host());
+    let values = |module: &str| {
+        vec![
+            "--set".to_owned(),
+            "enabled=false".to_owned(),
+            "--set".to_owned(),
+            format!("policy.module={module}"),
+            "--set".to_owned(),
+            insecure.clone(),
+        ]
+    };
+    let images = |_: &str| {
+        vec![
+            ("victim", vulnerable("docker.io/library/alpine:3.7.3", "victim")),
+            ("stale", end_of_life("ghcr.io/example/legacy-tool:0.9", "stale")),
+            ("clean", clean("docker.io/library/nginx:1.25", "clean")),
+        ]
+    };
+    let first = values(&good);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let Some((c, nodes)) = cluster(&first, &["node-a"], images).await else {
+        return;
+    };
+    let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+
+    apply(&c, SEED_IMAGELIST);
+    let job = finished_run(&c, Trigger::Manual, 1, &controller).await;
+    let logs = worker_logs(&nodes);
+    assert!(!nodes[0].has("victim"), "the listed image survived\n{logs}");
+    assert!(nodes[0].has("stale") && nodes[0].has("clean"), "{logs}");
+    let status = job.status.clone().unwrap();
+    assert_eq!(
+        status.policy.as_deref(),
+        Some(good.as_str()),
+        "the run names the policy's digest"
+    );
+    let component = scour_testkit::oci_push::sha256(&std::fs::read(&python).unwrap());
+    let reports = c.reports(&job.name_any()).await;
+    assert_eq!(
+        reports["node-a"][0].spec.policy, component,
+        "the worker ran the pushed component"
+    );
+    let pods_before = c.pods_created();
+
+    // The next policy traps: the controller refuses it before any pod runs
+    // it, and the run keeps the Python policy.
+    let second = values(&bad);
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let helm = scour_testkit::helm::Helm::find().unwrap();
+    apply(&c, &helm.template(&second));
+    apply(
+        &c,
+        &SEED_IMAGELIST.replace("docker.io/library/alpine:3.7.3", "ghcr.io/example/legacy-tool:0.9"),
+    );
+    let job = finished_run(&c, Trigger::Manual, 2, &controller).await;
+    let logs = worker_logs(&nodes);
+    assert!(!nodes[0].has("stale"), "the last good policy did not run\n{logs}");
+    assert!(nodes[0].has("clean"));
+    let status = job.status.clone().unwrap();
+    assert_eq!(status.policy.as_deref(), Some(good.as_str()));
+    let refused = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PolicyRefused")
+        .unwrap_or_else(|| panic!("no PolicyRefused condition: {:#?}", status.conditions));
+    assert_eq!(refused.status, "True");
+    assert!(
+        refused.message.contains(&bad) && refused.message.contains("trapped"),
+        "{}",
+        refused.message
+    );
+    let reports = c.reports(&job.name_any()).await;
+    assert_eq!(reports["node-a"][0].spec.policy, component);
+    assert_eq!(c.pods_created(), pods_before + 1, "one pod, with the last good policy");
+    assert!(!logs.contains(&trap), "a worker was given the refused policy:\n{logs}");
+    eprintln!("controller peak RSS {} MiB", controller.peak_rss() >> 20);
+    let events = c.events().await;
+    let refusals: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PolicyRefused"))
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e.note.as_deref().is_some_and(|n| n.contains(&bad))),
+        "{events:#?}"
+    );
 }

@@ -270,7 +270,28 @@ async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_nee
         .iter()
         .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
         .collect();
-    assert_eq!(host_paths, ["/run/containerd/containerd.sock", "/var/lib/scour"]);
+    assert_eq!(
+        host_paths,
+        [
+            "/run/containerd/containerd.sock",
+            "/var/lib/scour",
+            // The runtime's root, for the image filesystem's capacity.
+            "/var/lib/containerd"
+        ]
+    );
+    let image_fs = volumes.iter().find(|v| v.name == "image-fs").unwrap();
+    assert_eq!(
+        image_fs.host_path.as_ref().unwrap().type_.as_deref(),
+        Some("Directory"),
+        "never created empty on the node's root filesystem"
+    );
+    let mounts = container.volume_mounts.as_ref().unwrap();
+    let mounted = mounts.iter().find(|m| m.name == "image-fs").unwrap();
+    assert_eq!(
+        (mounted.mount_path.as_str(), mounted.read_only),
+        ("/host/image-fs", Some(true))
+    );
+    assert!(mounted.mount_propagation.is_none(), "{mounted:?}");
     let config_maps: Vec<&str> = volumes
         .iter()
         .filter_map(|v| v.config_map.as_ref().map(|c| c.name.as_str()))
@@ -288,6 +309,8 @@ async fn a_worker_pod_is_pinned_tolerant_least_privileged_and_mounts_what_it_nee
         "--system-exclusions=/etc/scour/exclusions/system",
         "--exclusions-dir=/etc/scour/exclusions/user",
         "--state-dir=/var/lib/scour",
+        "--image-fs=/host/image-fs",
+        "--image-fs-node-path=/var/lib/containerd",
     ] {
         assert!(args.iter().any(|a| a == expected), "missing {expected} in {args:?}");
     }

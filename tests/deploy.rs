@@ -576,6 +576,11 @@ fn the_rendered_config_is_an_eraser_config_scour_accepts() {
     let m = &c.manager;
     assert_eq!(m.runtime.name.as_deref(), Some("containerd"));
     assert_eq!(loaded.runtime_address(), Some("unix:///run/containerd/containerd.sock"));
+    assert_eq!(
+        c.scour.image_fs_path.as_deref(),
+        Some("/var/lib/containerd"),
+        "worker pods mount containerd's root for the image filesystem's capacity"
+    );
     assert_eq!(m.scheduling.repeat_interval.as_deref(), Some("168h"));
     assert_eq!(m.scheduling.begin_immediately, Some(true));
     assert_eq!(m.image_job.success_ratio, Some(1.0));
@@ -699,10 +704,34 @@ fn out_of_range_values_fail_the_render_with_a_reason() {
         ),
         ("successRatio=2", "successRatio must be between 0.0 and 1.0"),
         ("policy.configMap=mine", "policy.sha256 is required"),
+        (
+            "runtime.imageFsPath=var/lib/containerd",
+            "runtime.imageFsPath must be an absolute",
+        ),
+        ("runtime.imageFsPath=/", "runtime.imageFsPath must be an absolute"),
+        (
+            "runtime.imageFsPath=/var/lib/../containerd",
+            "runtime.imageFsPath must be an absolute",
+        ),
     ] {
         let err = helm.template_error(&["--set", set]);
         assert!(err.contains(needle), "--set {set}: {err}");
     }
+    // CRI-O's root instead, or no mount at all.
+    let crio = Rendered::parse(
+        &helm.template(&[
+            "--set",
+            "runtime.name=crio,runtime.imageFsPath=/var/lib/containers/storage",
+        ]),
+        "crio",
+    );
+    assert_eq!(
+        crio.config().image_fs_path().as_deref(),
+        Some("/var/lib/containers/storage")
+    );
+    let none = Rendered::parse(&helm.template(&["--set", "runtime.imageFsPath="]), "no image fs");
+    assert_eq!(none.config().config.scour.image_fs_path.as_deref(), Some(""));
+    assert_eq!(none.config().image_fs_path(), None, "empty: not mounted");
     for hours in ["24", "2160"] {
         let r = Rendered::parse(&helm.template(&["--set", &format!("intervalHours={hours}")]), "bounds");
         assert_eq!(
@@ -1088,4 +1117,72 @@ fn the_chart_is_documented_value_by_value() {
     ] {
         assert!(notes.contains(needle), "NOTES.txt lacks {needle:?}");
     }
+}
+
+#[test]
+fn a_registry_policy_gives_the_controller_room_to_vet_it_and_read_only_the_pull_secrets() {
+    let Some(helm) = Helm::find() else { return };
+    let module = format!(
+        "registry://registry.example.com:5000/policies/p:v1@sha256:{}",
+        "ab".repeat(32)
+    );
+    let r = Rendered::parse(
+        &helm.template(&[
+            "--set",
+            &format!("policy.module={module}"),
+            "--set",
+            "policy.insecureSources={registry.example.com:5000}",
+            "--set",
+            "imagePullSecrets={regcred}",
+        ]),
+        "helm template (policy.module)",
+    );
+    let config = r.config();
+    let policy = &config.config.scour.policy;
+    assert_eq!(policy.module.as_deref(), Some(module.as_str()));
+    assert_eq!(policy.insecure_sources, ["registry.example.com:5000"]);
+    let controller = r
+        .deployments()
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some(CONTROLLER))
+        .unwrap();
+    let pod = controller.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    let limits = container.resources.as_ref().unwrap().limits.as_ref().unwrap();
+    assert_eq!(limits["memory"].0, "768Mi", "vetting compiles the policy");
+    let env = container.env.as_ref().unwrap();
+    let cache = env
+        .iter()
+        .find(|e| e.name == "SCOUR_POLICY_CACHE_DIR")
+        .and_then(|e| e.value.clone())
+        .expect("a compile cache for vetting");
+    assert!(
+        container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == cache),
+        "the cache is a writable volume under a read-only root"
+    );
+    let rendered = helm.template(&[
+        "--set",
+        &format!("policy.module={module}"),
+        "--set",
+        "imagePullSecrets={regcred}",
+    ]);
+    let secrets_rule = rendered
+        .split("\n---")
+        .find(|doc| doc.contains("kind: Role\n") && doc.contains("secrets"))
+        .expect("the controller's Role reads the pull secrets");
+    assert!(
+        secrets_rule.contains("resourceNames: [\"regcred\"]") && secrets_rule.contains("verbs: [\"get\"]"),
+        "{secrets_rule}"
+    );
+    // Without a registry policy, no Secret is readable.
+    assert!(
+        !helm
+            .template(&["--set", "imagePullSecrets={regcred}"])
+            .contains("\"secrets\"")
+    );
 }

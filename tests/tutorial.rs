@@ -2,6 +2,7 @@
 //! order, in one scratch directory, against a private containerd with real
 //! Trivy; every `LANG file=PATH` block written to PATH first; every
 //! `text output` block checked against what the block before it printed.
+//! Section 9's registry is a real one on loopback (`$REGISTRY`).
 //! `sh cluster` blocks need Kubernetes and are not run. Any other kind of
 //! block fails the test, so nothing in the tutorial escapes it.
 
@@ -189,6 +190,10 @@ fn the_policy_tutorial_runs_as_written() {
     let Some(node) = tutorial_node() else {
         return;
     };
+    // Section 9 pushes to a registry: a real one, on loopback, plain HTTP.
+    let Some(registry) = scour_testkit::registry::Registry::start() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let scour = PathBuf::from(env!("CARGO_BIN_EXE_scour"));
     let path = std::env::join_paths(
@@ -207,6 +212,8 @@ fn the_policy_tutorial_runs_as_written() {
         ("SCOUR_NODE_NAME", "node-1".into()),
         ("SCOUR_TERMINATION_LOG", "/nonexistent/termination-log".into()),
         ("SCOUR_POLICY_CACHE_DIR", policy_cache_dir().into()),
+        ("REGISTRY", registry.host().into()),
+        ("SCOUR_INSECURE_REGISTRY", registry.host().into()),
         ("SCOUR_COMPONENTIZE_PY", py.into()),
         ("SCOUR_COMPONENTIZE_JS", js.into()),
         // One Rust target dir across runs: the tutorial's build is then incremental.

@@ -374,6 +374,11 @@ fn once_the_runtime_stops_answering_the_remaining_removals_are_not_attempted() {
 
 /// A worker pass with scanning off against the fake runtime; it must exit 0.
 fn scan_free_pass(fake: &FakeCri) -> Run {
+    scan_free_pass_with(fake, &[])
+}
+
+/// [`scan_free_pass`] with `args` added.
+fn scan_free_pass_with(fake: &FakeCri, args: &[&std::ffi::OsStr]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("settings.json");
     std::fs::write(&settings, r#"{"scanDisabled": true}"#).unwrap();
@@ -386,6 +391,7 @@ fn scan_free_pass(fake: &FakeCri) -> Run {
         .arg("--state-dir")
         .arg(dir.path())
         .args(["--termination-log", "/nonexistent"])
+        .args(args)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -475,6 +481,62 @@ fn a_v1alpha2_only_runtime_is_named_as_such() {
         r["errors"][0].as_str().unwrap().contains("speaks only CRI v1alpha2"),
         "{r}"
     );
+}
+
+#[test]
+fn the_image_filesystem_is_measured_where_image_fs_says_and_a_missing_one_is_named() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Like a runtime seen from a pod: usage, and no mountpoint this process
+    // can see.
+    let fake = runtime.block_on(FakeCri::start(FakeState {
+        images: vec![
+            image("sha256:aaa", &["docker.io/library/a:1"], 300),
+            image("sha256:bbb", &["docker.io/library/b:1"], 400),
+        ],
+        ..Default::default()
+    }));
+    let mount = tempfile::tempdir().unwrap();
+    let snapshot = mount.path().join("snapshot.json");
+    let fs = nix::sys::statvfs::statvfs(mount.path()).unwrap();
+    let capacity = fs.blocks() * fs.fragment_size();
+    let dry = std::ffi::OsStr::new("--dry-run");
+
+    let measured = scan_free_pass_with(
+        &fake,
+        &[
+            dry,
+            "--image-fs".as_ref(),
+            mount.path().as_os_str(),
+            "--snapshot-out".as_ref(),
+            snapshot.as_os_str(),
+        ],
+    );
+    let expected = serde_json::json!({"usedBytes": 700, "capacityBytes": capacity});
+    assert_eq!(measured.report()["imageFs"], expected);
+    let seen: serde_json::Value = serde_json::from_slice(&std::fs::read(&snapshot).unwrap()).unwrap();
+    assert_eq!(seen["context"]["imageFs"], expected, "the policy sees it");
+    let collected = log_lines(&measured, "collected");
+    assert_eq!(
+        collected[0]["image_fs_measured_at"],
+        mount.path().display().to_string(),
+        "{collected:?}"
+    );
+
+    let unmeasured = scan_free_pass_with(&fake, &[dry]);
+    assert_eq!(
+        unmeasured.report()["imageFs"],
+        serde_json::json!({"usedBytes": 700}),
+        "no capacity where the runtime's mountpoint cannot be seen"
+    );
+
+    let missing = scan_free_pass_with(&fake, &[dry, "--image-fs=/nonexistent/image-fs".as_ref()]);
+    assert_eq!(missing.report()["imageFs"], serde_json::json!({"usedBytes": 700}));
+    let warned = missing.stderr();
+    assert!(
+        warned.contains("cannot measure the image filesystem at /nonexistent/image-fs"),
+        "{warned}"
+    );
+    assert_eq!(fake.image_ids().len(), 2, "dry runs");
 }
 
 #[test]

@@ -86,7 +86,7 @@ pub enum FieldError {
     },
     #[error("required with {0}; pin the digest `scour policy check` prints")]
     RequiredWith(&'static str),
-    #[error("set configMap or path, not both")]
+    #[error("set one of module, configMap and path")]
     Exclusive,
     #[error("not valid JSON: {0}")]
     Json(String),
@@ -200,6 +200,11 @@ pub struct ScourConfig {
     /// A shared `trivy server` (`http://HOST[:PORT]`) that workers scan
     /// through, instead of each node keeping its own vulnerability DB.
     pub trivy_server: Option<String>,
+    /// The node's directory on the runtime's image filesystem (containerd's
+    /// root, `/var/lib/containerd`), which worker pods mount read-only to
+    /// learn the filesystem's capacity. Unset: the runtime's default root;
+    /// empty: not mounted (policies see usage but no capacity).
+    pub image_fs_path: Option<String>,
 }
 
 /// Where the policy comes from. Without `configMap` or `path` the workers run
@@ -214,6 +219,13 @@ pub struct PolicyConfig {
     /// A component baked into the worker image, for policies over the
     /// ConfigMap size limit (Python and JS ones).
     pub path: Option<String>,
+    /// A policy in an OCI registry, `registry://HOST/REPO:TAG@sha256:HEX`
+    /// (`scour policy push` prints it). The controller vets it before any
+    /// node runs it; workers pull it with `manager.pullSecrets`.
+    pub module: Option<String>,
+    /// Registries (`HOST[:PORT]`) reached over plain HTTP.
+    #[serde(default)]
+    pub insecure_sources: Vec<String>,
     /// The component's digest; workers refuse other bytes. Required with `configMap` or `path`.
     pub sha256: Option<String>,
     /// The policy's settings (JSON text).
@@ -613,8 +625,23 @@ impl Loaded {
             crate::policy::DigestPin::parse(digest)
                 .map_err(|e| ConfigError::field("scour.policy.sha256", FieldError::Invalid(e.to_string())))?;
         }
-        if policy.config_map.is_some() && policy.path.is_some() {
+        let sources = [
+            policy.module.is_some(),
+            policy.config_map.is_some(),
+            policy.path.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() > 1 {
             return Err(ConfigError::field("scour.policy", FieldError::Exclusive));
+        }
+        if let Some(module) = &policy.module {
+            crate::policy::oci::PolicyRef::parse(module)
+                .map_err(|e| ConfigError::field("scour.policy.module", FieldError::Invalid(e)))?;
+            if policy.sha256.is_some() {
+                return Err(ConfigError::field(
+                    "scour.policy.sha256",
+                    FieldError::Invalid("not used with module, whose reference carries its digest".into()),
+                ));
+            }
         }
         for (field, set) in [
             ("scour.policy.configMap", policy.config_map.is_some()),
@@ -639,6 +666,9 @@ impl Loaded {
         scour_policy_sdk::PatternSet::parse(&scour.sandbox_images)
             .map_err(|e| ConfigError::field("scour.sandboxImages", FieldError::Invalid(e.to_string())))?;
         self.trivy_server()?;
+        if let Some(path) = &scour.image_fs_path {
+            check_image_fs_path(path).map_err(|e| ConfigError::field("scour.imageFsPath", FieldError::Invalid(e)))?;
+        }
         self.interval()?;
         Ok(())
     }
@@ -778,6 +808,22 @@ impl Loaded {
             .map_err(|e| ConfigError::field("scour.trivyServer", FieldError::Invalid(e)))
     }
 
+    /// The node path worker pods mount to measure the image filesystem:
+    /// `scour.imageFsPath`, else the root of `manager.runtime.name`
+    /// (containerd's `/var/lib/containerd` when unset); `None` when
+    /// `scour.imageFsPath` is empty.
+    pub fn image_fs_path(&self) -> Option<String> {
+        if let Some(path) = &self.config.scour.image_fs_path {
+            return (!path.is_empty()).then(|| path.clone());
+        }
+        let root = match self.config.manager.runtime.name.as_deref() {
+            Some("crio") => "/var/lib/containers/storage",
+            Some("dockershim") => "/var/lib/docker",
+            _ => DEFAULT_IMAGE_FS_PATH,
+        };
+        Some(root.to_owned())
+    }
+
     /// Which scanned images count as vulnerable: the scanner config's
     /// `vulnerabilities.severities` and `ignoreUnfixed`.
     pub fn vulnerable(&self) -> crate::scan::Vulnerable {
@@ -798,6 +844,29 @@ impl Loaded {
     pub fn scan_per_image_timeout(&self) -> Option<Duration> {
         duration(&self.scanner.timeout.per_image)
     }
+}
+
+/// containerd's root: the default `scour.imageFsPath`.
+pub const DEFAULT_IMAGE_FS_PATH: &str = "/var/lib/containerd";
+
+/// A hostPath worker pods can mount: absolute, without `.` or `..`, and not
+/// the node's whole root.
+fn check_image_fs_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path"));
+    }
+    if path.split('/').any(|part| part == "." || part == "..") {
+        return Err(format!("{path:?}: name the directory without . or .."));
+    }
+    if path.trim_end_matches('/').is_empty() {
+        return Err(
+            "\"/\" would mount the node's whole filesystem; name the runtime's root, e.g. /var/lib/containerd".into(),
+        );
+    }
+    Ok(())
 }
 
 /// An optional Go duration from the config. Loading checked every one, so
@@ -1137,8 +1206,34 @@ components:
             Loaded::parse(&both)
                 .unwrap_err()
                 .to_string()
-                .contains("configMap or path, not both")
+                .contains("one of module, configMap and path")
         );
+        let module = good
+            .replace(
+                "configMap: my-policy",
+                &format!("module: registry://127.0.0.1:5000/p/mine:v1@{digest}"),
+            )
+            .replace(&format!("    sha256: \"{digest}\"\n"), "");
+        let l = Loaded::parse(&module).unwrap();
+        assert!(
+            l.config
+                .scour
+                .policy
+                .module
+                .as_deref()
+                .is_some_and(|m| m.ends_with(&digest))
+        );
+        for (bad, field) in [
+            (module.replace(&format!("@{digest}"), ""), "not pinned"),
+            (module.replace("registry://", "oci://"), "must start with registry://"),
+            (
+                module.replace("module:", "path: /p.wasm\n    module:"),
+                "one of module, configMap and path",
+            ),
+        ] {
+            let err = Loaded::parse(&bad).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("scour.policy"), "{err}");
+        }
     }
 
     #[test]
@@ -1146,6 +1241,34 @@ components:
         let l = Loaded::parse("apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n").unwrap();
         assert_eq!(l.default_policy_settings(), "{}");
         assert!(l.runtime_address().is_none());
+        assert_eq!(l.image_fs_path().as_deref(), Some("/var/lib/containerd"));
         assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn the_image_fs_path_defaults_to_the_runtimes_root_and_is_checked() {
+        let base = "apiVersion: eraser.sh/v1alpha3\nkind: EraserConfig\n";
+        let path = |text: &str| Loaded::parse(&format!("{base}{text}")).map(|l| l.image_fs_path());
+        assert_eq!(
+            path("manager:\n  runtime:\n    name: containerd\n").unwrap().as_deref(),
+            Some("/var/lib/containerd")
+        );
+        assert_eq!(
+            path("manager:\n  runtime:\n    name: crio\n").unwrap().as_deref(),
+            Some("/var/lib/containers/storage")
+        );
+        assert_eq!(
+            path("scour:\n  imageFsPath: /mnt/containerd\n").unwrap().as_deref(),
+            Some("/mnt/containerd")
+        );
+        assert_eq!(
+            path("scour:\n  imageFsPath: \"\"\n").unwrap(),
+            None,
+            "empty: not mounted"
+        );
+        for bad in ["var/lib/containerd", "/", "/var/lib/../lib/containerd"] {
+            let err = path(&format!("scour:\n  imageFsPath: {bad:?}\n")).unwrap_err();
+            assert_eq!(err.path(), Some("scour.imageFsPath"), "{bad}: {err}");
+        }
     }
 }

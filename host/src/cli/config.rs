@@ -16,8 +16,9 @@ pub enum ConfigCommand {
     /// Check an EraserConfig file (Eraser's fields and scour's `scour` section) and show what scour takes from it.
     ///
     /// The policy settings are checked by the policy itself: the built-in
-    /// default policy, or the component given with --policy, whose digest
-    /// must then match scour.policy.sha256.
+    /// default policy, the registry policy scour.policy.module names (pulled
+    /// here), or the component given with --policy, whose digest must then
+    /// match scour.policy.sha256.
     Check {
         /// The file, e.g. eraser-manager-config's controller_manager_config.yaml.
         file: PathBuf,
@@ -27,7 +28,7 @@ pub enum ConfigCommand {
 }
 
 pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
-    let ConfigCommand::Check { file, policy } = cmd;
+    let ConfigCommand::Check { file, mut policy } = cmd;
     let loaded = match Loaded::from_file(&file) {
         Ok(l) => l,
         Err(e) => {
@@ -36,8 +37,17 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
         }
     };
     let c = &loaded.config;
-    let custom = c.scour.policy.config_map.is_some() || c.scour.policy.path.is_some();
-    let source = policy.source();
+    let custom =
+        c.scour.policy.config_map.is_some() || c.scour.policy.path.is_some() || c.scour.policy.module.is_some();
+    // A registry policy can be fetched: check the one the config names.
+    if let (None, Some(module)) = (&policy.policy, &c.scour.policy.module) {
+        policy.policy = Some(module.into());
+        policy
+            .registry
+            .insecure_registry
+            .extend(c.scour.policy.insecure_sources.iter().cloned());
+    }
+    let source = policy.source()?;
     if custom && matches!(source, PolicySource::Embedded) {
         // Without the bytes the settings cannot be checked; say so rather than pass.
         eprintln!(
@@ -86,6 +96,10 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
     show(
         "policy",
         match (&c.scour.policy.config_map, &c.scour.policy.path, &c.scour.policy.sha256) {
+            _ if c.scour.policy.module.is_some() => format!(
+                "{}, vetted by the controller before rollout",
+                c.scour.policy.module.as_deref().unwrap_or_default()
+            ),
             (Some(cm), _, Some(pin)) => format!("ConfigMap {cm}, pinned to {pin}"),
             (_, Some(path), Some(pin)) => format!("{path} in the worker image, pinned to {pin}"),
             _ => "the default policy built into scour".to_owned(),

@@ -13,6 +13,7 @@ use super::{EXIT_FAILURE, Output};
 use crate::authoring::{Lang, Toolchain, scaffold};
 use crate::output::{Table, short_id};
 use crate::policy::golden::{Case, run_case};
+use crate::policy::oci::{self, PolicyRef, RegistryOptions};
 use crate::policy::{ArtifactCache, Budget, Limits, LoadedPolicy, PolicyEngine, PolicySource, WORLD};
 use crate::units::{format_bytes, parse_bytes, parse_duration};
 
@@ -96,6 +97,28 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "kube-system", value_name = "NAMESPACE")]
         namespace: String,
     },
+    /// Publish a policy to an OCI registry, with its golden cases, and print
+    /// the digest-pinned reference for scour.policy.module.
+    ///
+    /// The policy is loaded and its cases run first: only a policy that
+    /// passes them is pushed. The artifact is laid out as Kubewarden and
+    /// wasm-to-oci lay out Wasm: config application/vnd.wasm.config.v1+json,
+    /// the component as one application/vnd.wasm.content.layer.v1+wasm
+    /// layer, and each case file as an application/vnd.scour.policy.cases.v1+yaml
+    /// layer, which the controller runs before it rolls the policy out.
+    Push {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Where to: registry://HOST[:PORT]/REPO:TAG.
+        #[arg(value_name = "registry://HOST/REPO:TAG")]
+        to: String,
+        /// Golden cases (files or directories) to run now and ship with the policy.
+        #[arg(long, value_name = "CASE_FILE_OR_DIR")]
+        cases: Vec<PathBuf>,
+        /// Instruction budget per call for the cases.
+        #[arg(long, env = "SCOUR_POLICY_FUEL", default_value_t = Limits::DEFAULT_FUEL)]
+        fuel: u64,
+    },
     /// Run golden cases against a policy; exits non-zero if any fails.
     Test {
         #[command(flatten)]
@@ -113,9 +136,13 @@ pub enum PolicyCommand {
 /// Which policy to run, and its sandbox limits.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
-    /// Policy component (.wasm). Without it, the built-in default policy runs.
-    #[arg(long, env = "SCOUR_POLICY", value_name = "P.wasm")]
+    /// Policy component: a .wasm file, or registry://HOST/REPO:TAG@sha256:HEX
+    /// (pulled once, checked against the digest). Without it, the built-in
+    /// default policy runs.
+    #[arg(long, env = "SCOUR_POLICY", value_name = "P.wasm|registry://…")]
     pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Wall-clock deadline for each policy call.
     #[arg(long, env = "SCOUR_POLICY_TIMEOUT", default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
     pub policy_timeout: Duration,
@@ -135,36 +162,84 @@ pub struct PolicyArgs {
     pub no_policy_cache: bool,
 }
 
+/// How to reach the registry of a `registry://` policy.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Registry credentials: a Docker config JSON file, such as a pull
+    /// secret's .dockerconfigjson or ~/.docker/config.json (repeatable; the
+    /// first with an entry for the registry's host is used).
+    #[arg(long, env = "SCOUR_REGISTRY_AUTH", value_name = "FILE", value_delimiter = ',')]
+    pub registry_auth: Vec<PathBuf>,
+    /// A registry (HOST[:PORT]) reached over plain HTTP instead of HTTPS (repeatable).
+    #[arg(long, env = "SCOUR_INSECURE_REGISTRY", value_name = "HOST", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// The options for pulls and pushes; pulled policies are kept in `cache_dir`.
+    pub fn options(&self, cache_dir: Option<PathBuf>) -> Result<RegistryOptions> {
+        let mut opts = RegistryOptions {
+            insecure: self.insecure_registry.clone(),
+            cache_dir,
+            ..RegistryOptions::default()
+        };
+        opts.read_auth_files(&self.registry_auth)?;
+        Ok(opts)
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SettingsArg {
     /// Policy settings file (JSON for the default policy). Without it the
     /// policy uses its defaults.
     #[arg(long, env = "SCOUR_SETTINGS", value_name = "FILE")]
     pub settings: Option<PathBuf>,
+    /// Policy settings as JSON text, instead of --settings FILE (how the
+    /// controller hands a worker the settings it vetted).
+    #[arg(long, env = "SCOUR_SETTINGS_JSON", value_name = "JSON", conflicts_with = "settings")]
+    pub settings_json: Option<String>,
 }
 
 impl SettingsArg {
+    /// Whether settings were given at all.
+    pub fn given(&self) -> bool {
+        self.settings.is_some() || self.settings_json.is_some()
+    }
+
     pub fn read(&self) -> Result<String> {
-        match &self.settings {
-            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading settings {}", p.display())),
-            None => Ok(String::new()),
+        match (&self.settings, &self.settings_json) {
+            (Some(p), _) => std::fs::read_to_string(p).with_context(|| format!("reading settings {}", p.display())),
+            (None, Some(text)) => Ok(text.clone()),
+            (None, None) => Ok(String::new()),
         }
     }
 }
 
 impl PolicyArgs {
-    pub fn source(&self) -> PolicySource {
-        PolicySource::from_option(self.policy.clone())
+    pub fn source(&self) -> Result<PolicySource> {
+        Ok(PolicySource::from_option(self.policy.clone())?)
     }
 
     fn cache(&self) -> Option<ArtifactCache> {
         if self.no_policy_cache {
             return None;
         }
-        self.policy_cache_dir
-            .clone()
-            .or_else(ArtifactCache::default_dir)
+        self.cache_dir()
             .map(|dir| ArtifactCache::with_max_bytes(dir, self.policy_cache_size))
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        self.policy_cache_dir.clone().or_else(ArtifactCache::default_dir)
+    }
+
+    /// Registry options; pulled policies are kept beside the compiled ones.
+    pub fn registry_options(&self) -> Result<RegistryOptions> {
+        self.registry.options(self.cache_dir().map(|dir| dir.join(PULLED_DIR)))
+    }
+
+    /// The policy's bytes, pulled when it lives in a registry.
+    pub fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>> {
+        Ok(self.source()?.read(&self.registry_options()?)?)
     }
 
     /// Production limits: the deadline and memory cap from the flags.
@@ -181,8 +256,8 @@ impl PolicyArgs {
 
     pub fn load(&self, limits: Limits, settings: &str) -> Result<LoadedPolicy> {
         let engine = self.engine(limits)?;
-        let source = self.source();
-        let bytes = source.read()?;
+        let source = self.source()?;
+        let bytes = source.read(&self.registry_options()?)?;
         Ok(LoadedPolicy::load(&engine, &bytes, &source.origin(), settings)?)
     }
 }
@@ -206,6 +281,12 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             eval(&policy, &settings, &input, output, record)
         }
         PolicyCommand::Test { policy, fuel, cases } => test(&policy, fuel, &cases),
+        PolicyCommand::Push {
+            policy,
+            to,
+            cases,
+            fuel,
+        } => push(&policy, &to, &cases, fuel),
         PolicyCommand::New { lang, name, dir } => new(lang, &name, dir),
         PolicyCommand::Configmap {
             policy,
@@ -222,6 +303,9 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     }
 }
 
+/// Pulled registry policies, under the compiled-policy cache directory.
+const PULLED_DIR: &str = "pulled";
+
 /// The key of the component in a policy ConfigMap, and of its digest.
 pub const POLICY_KEY: &str = "policy.wasm";
 pub const PIN_KEY: &str = "policy.sha256";
@@ -232,11 +316,11 @@ fn configmap(args: &PolicyArgs, name: &str, namespace: &str) -> Result<ExitCode>
     use base64::Engine as _;
     // Only a policy that loads is worth shipping.
     let p = args.load(args.limits(), "")?;
-    let bytes = args.source().read()?;
+    let bytes = args.read()?;
     if bytes.len() + 128 > CONFIGMAP_LIMIT {
         anyhow::bail!(
-            "the policy is {} and a ConfigMap holds at most 1 MiB; bake it into the worker image instead and set \
-             scour.policy.path and scour.policy.sha256 (see docs/writing-policies.md)",
+            "the policy is {} and a ConfigMap holds at most 1 MiB; publish it to a registry with `scour policy push` \
+             and set scour.policy.module (see docs/writing-policies.md)",
             crate::units::format_bytes(bytes.len() as u64)
         );
     }
@@ -450,6 +534,52 @@ fn eval(
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push(args: &PolicyArgs, to: &str, paths: &[PathBuf], fuel: u64) -> Result<ExitCode> {
+    let to = PolicyRef::parse_unpinned(to).map_err(anyhow::Error::msg)?;
+    let mut shipped = Vec::new();
+    if !paths.is_empty() {
+        for file in Case::files(paths)? {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if shipped.iter().any(|(n, _): &(String, String)| *n == name) {
+                anyhow::bail!("two case files are named {name}; the artifact names cases by file name");
+            }
+            shipped.push((name, text));
+        }
+    }
+    let cases = Case::parse_shipped(&shipped)?;
+    // Only a policy that loads and passes its own cases is published, and
+    // with the fuel budget the controller vets it with.
+    let limits = Limits {
+        budget: Budget::Fuel(fuel),
+        memory_bytes: args.policy_memory as usize,
+    };
+    let p = args.load(limits, "")?;
+    crate::policy::golden::verify(&p, &cases)?;
+    let bytes = args.read()?;
+    let annotations = std::collections::BTreeMap::from([
+        ("org.opencontainers.image.title".to_owned(), p.info().name.clone()),
+        ("org.opencontainers.image.version".to_owned(), p.info().version.clone()),
+        ("dev.scour.policy.sha256".to_owned(), p.digest().to_owned()),
+    ]);
+    let opts = args.registry.options(None)?;
+    let pinned = oci::push_blocking(&to, &bytes, &shipped, annotations, &opts)?;
+    eprintln!(
+        "pushed {} {} ({}, component {}) with {} golden cases",
+        p.info().name,
+        p.info().version,
+        format_bytes(bytes.len() as u64),
+        p.digest(),
+        cases.len()
+    );
+    eprintln!("set it in eraser-manager-config:\n  scour:\n    policy:\n      module: {pinned}");
+    println!("{pinned}");
     Ok(ExitCode::SUCCESS)
 }
 

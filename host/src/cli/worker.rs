@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::{PolicyArgs, SettingsArg};
 use super::{EXIT_USAGE, Output};
+use crate::collect::ImageFsProbe;
 use crate::config::Loaded;
 use crate::policy::golden::Case;
 use crate::policy::{DigestPin, PolicyHandle, PolicySource, PolicyWatcher, WatchTarget};
@@ -128,6 +129,27 @@ pub struct WorkerArgs {
     /// Trivy's layer cache: memory (parallel scans share no lock; scour caches results per image itself) or fs.
     #[arg(long, env = "SCOUR_TRIVY_CACHE_BACKEND", default_value = "memory", value_parser = ["memory", "fs"], value_name = "BACKEND")]
     trivy_cache_backend: String,
+
+    /// A directory on the runtime's image filesystem, as this process sees
+    /// it: its filesystem's size is the capacity policies see [default: the
+    /// mountpoint the runtime reports, when visible].
+    ///
+    /// Usage still comes from the runtime (CRI ImageFsInfo); only the
+    /// capacity is measured here (statvfs of the filesystem holding DIR). A
+    /// worker pod is given the node's runtime root (/var/lib/containerd)
+    /// here, read-only, because the mountpoint the runtime reports is a node
+    /// path the pod cannot see. A DIR that cannot be measured is a warning
+    /// naming it, and policies then see no capacity.
+    #[arg(long, env = "SCOUR_IMAGE_FS", value_name = "DIR")]
+    image_fs: Option<PathBuf>,
+    /// The node path that --image-fs shows, e.g. /var/lib/containerd.
+    ///
+    /// When the mountpoint the runtime reports lies below it, the same path
+    /// below --image-fs is measured instead: an image store on a filesystem
+    /// of its own, mounted below the runtime's root, is then measured rather
+    /// than the filesystem holding the root.
+    #[arg(long, env = "SCOUR_IMAGE_FS_NODE_PATH", value_name = "PATH", requires = "image_fs")]
+    image_fs_node_path: Option<PathBuf>,
 
     /// Node-local state: first-seen times, the scan cache and compiled
     /// policies (policy-cache/, unless --policy-cache-dir says otherwise).
@@ -252,12 +274,12 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
     if args.policy.policy_cache_dir.is_none() {
         args.policy.policy_cache_dir = Some(args.state_dir.join("policy-cache"));
     }
-    let source = args.policy.source();
+    let source = args.policy.source()?;
     let scour_policy = eraser.as_ref().map(|c| &c.config.scour.policy);
-    let settings = match (&args.settings.settings, &eraser) {
-        (Some(_), _) => args.settings.read()?,
-        (None, Some(cfg)) => cfg.policy_settings(matches!(source, PolicySource::Embedded)),
-        (None, None) => String::new(),
+    let settings = match (args.settings.given(), &eraser) {
+        (true, _) => args.settings.read()?,
+        (false, Some(cfg)) => cfg.policy_settings(matches!(source, PolicySource::Embedded)),
+        (false, None) => String::new(),
     };
     let policy = args.policy.load(args.policy.limits(), &settings)?;
     let pin = match (&args.policy_sha256, scour_policy.and_then(|p| p.sha256.as_deref())) {
@@ -391,6 +413,10 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
             .collect(),
         remove_concurrency: args.remove_concurrency.max(1),
         snapshot_out: args.snapshot_out,
+        image_fs: ImageFsProbe {
+            dir: args.image_fs,
+            node_path: args.image_fs_node_path,
+        },
     };
     let stdout_json = match args.output {
         Some(Output::Json) => Some(true),

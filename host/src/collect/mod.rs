@@ -6,7 +6,7 @@
 mod state;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use scour_policy_sdk::reference::normalize_for_matching;
 use scour_policy_sdk::{Image, ImageFs, ScanOutcome};
@@ -25,11 +25,49 @@ pub struct Inventory {
     /// The runtime's sandbox image, when it reports one.
     pub sandbox_image: Option<String>,
     pub image_fs: Option<ImageFs>,
+    /// Where the image filesystem's capacity was measured, when it was.
+    pub image_fs_measured_at: Option<PathBuf>,
+}
+
+/// Where the image filesystem's capacity is measured. The runtime reports
+/// its usage and a mountpoint (CRI `ImageFsInfo`); a worker pod does not see
+/// that mountpoint, so it is given the node's runtime root as a mount.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFsProbe {
+    /// A directory on the image filesystem as this process sees it (a pod's
+    /// mount of the node's runtime root). Unset: the reported mountpoint.
+    pub dir: Option<PathBuf>,
+    /// The node path `dir` shows. A reported mountpoint below it is measured
+    /// at the same place below `dir`: an image store mounted on its own
+    /// filesystem below the runtime's root shows there (hostPath mounts are
+    /// recursive binds).
+    pub node_path: Option<PathBuf>,
+}
+
+impl ImageFsProbe {
+    /// The path to measure for a reported `mountpoint`.
+    fn target(&self, mountpoint: &str) -> Option<PathBuf> {
+        let Some(dir) = &self.dir else {
+            return (!mountpoint.is_empty()).then(|| PathBuf::from(mountpoint));
+        };
+        let below = self
+            .node_path
+            .as_deref()
+            .and_then(|node| Path::new(mountpoint).strip_prefix(node).ok())
+            .map(|rel| dir.join(rel))
+            .filter(|p| p.exists());
+        Some(below.unwrap_or_else(|| dir.clone()))
+    }
 }
 
 /// Lists images and containers, marks the images in use, and stamps
 /// first-seen times.
-pub async fn collect(cri: &CriClient, first_seen: &mut FirstSeen, now: u64) -> Result<Inventory, CriError> {
+pub async fn collect(
+    cri: &CriClient,
+    first_seen: &mut FirstSeen,
+    now: u64,
+    probe: &ImageFsProbe,
+) -> Result<Inventory, CriError> {
     let runtime = cri.version().await?;
     let listed = cri.list_images().await?;
     let containers = cri.list_containers().await?;
@@ -38,15 +76,28 @@ pub async fn collect(cri: &CriClient, first_seen: &mut FirstSeen, now: u64) -> R
         tracing::warn!(error = %e, "cannot read the runtime's sandbox image from its status");
         None
     });
-    let image_fs = match cri.image_fs_info().await {
-        Ok(Some(fs)) => fs.used_bytes.map(|used| ImageFs {
-            used_bytes: used,
-            capacity_bytes: capacity_of(&fs.mountpoint),
-        }),
-        Ok(None) => None,
+    let (image_fs, image_fs_measured_at) = match cri.image_fs_info().await {
+        Ok(Some(fs)) => match fs.used_bytes {
+            Some(used) => {
+                let measured = probe.target(&fs.mountpoint).and_then(|path| {
+                    let capacity = capacity_at(&path, probe.dir.is_some())?;
+                    plausible(used, capacity, &path).then_some((capacity, path))
+                });
+                let (capacity_bytes, at) = measured.unzip();
+                (
+                    Some(ImageFs {
+                        used_bytes: used,
+                        capacity_bytes,
+                    }),
+                    at,
+                )
+            }
+            None => (None, None),
+        },
+        Ok(None) => (None, None),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read image filesystem usage");
-            None
+            (None, None)
         }
     };
     let seen = first_seen.update(listed.iter().map(|i| i.id.as_str()), now);
@@ -74,17 +125,50 @@ pub async fn collect(cri: &CriClient, first_seen: &mut FirstSeen, now: u64) -> R
         containers,
         sandbox_image,
         image_fs,
+        image_fs_measured_at,
     })
 }
 
-/// Size of the filesystem at `mountpoint`, when this process can see it.
-fn capacity_of(mountpoint: &str) -> Option<u64> {
-    if mountpoint.is_empty() || !Path::new(mountpoint).exists() {
+/// Size of the filesystem holding `path`. A path the operator named
+/// (`--image-fs`) that cannot be measured is a warning; the runtime's own
+/// mountpoint is usually not visible in a pod, so that is quietly none.
+fn capacity_at(path: &Path, named: bool) -> Option<u64> {
+    if !named && !path.exists() {
         return None;
     }
-    nix::sys::statvfs::statvfs(mountpoint)
-        .ok()
-        .map(|s| s.blocks() * s.fragment_size())
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => Some(s.blocks() * s.fragment_size()),
+        Err(e) => {
+            if named {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot measure the image filesystem at {}: {e}; policies see its usage but no capacity",
+                    path.display()
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Whether a capacity fits the usage the runtime reports. More in use than
+/// the filesystem holds means `path` is on another filesystem than the
+/// image store: a capacity from there would mislead a policy, so it is
+/// dropped with a warning.
+fn plausible(used: u64, capacity: u64, path: &Path) -> bool {
+    if used <= capacity {
+        return true;
+    }
+    tracing::warn!(
+        path = %path.display(),
+        used_bytes = used,
+        capacity_bytes = capacity,
+        "the runtime reports {used} bytes of images, more than the {capacity} bytes of the filesystem at {}: \
+         it is not the image store's filesystem; policies see no capacity",
+        path.display()
+    );
+    false
 }
 
 /// Every name an image answers to, normalised, mapped to its index.
@@ -160,6 +244,37 @@ mod tests {
             image: image.into(),
             state: "CONTAINER_CREATED".into(),
         }
+    }
+
+    #[test]
+    fn capacity_is_measured_at_the_mount_or_below_it_where_the_store_is() {
+        let mount = tempfile::tempdir().unwrap();
+        std::fs::create_dir(mount.path().join("io.containerd.snapshotter.v1.overlayfs")).unwrap();
+        let store = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs";
+        let probe = ImageFsProbe {
+            dir: Some(mount.path().to_owned()),
+            node_path: Some("/var/lib/containerd".into()),
+        };
+        assert_eq!(
+            probe.target(store),
+            Some(mount.path().join("io.containerd.snapshotter.v1.overlayfs"))
+        );
+        // Elsewhere, or not visible below the mount: the mount itself.
+        assert_eq!(probe.target("/mnt/images"), Some(mount.path().to_owned()));
+        assert_eq!(
+            probe.target("/var/lib/containerd/io.containerd.snapshotter.v1.stargz"),
+            Some(mount.path().to_owned())
+        );
+        assert_eq!(probe.target(""), Some(mount.path().to_owned()));
+        // No mount given: the runtime's mountpoint, as reported.
+        assert_eq!(ImageFsProbe::default().target(store), Some(store.into()));
+        assert_eq!(ImageFsProbe::default().target(""), None);
+
+        assert!(capacity_at(mount.path(), true).is_some_and(|c| c > 0));
+        assert_eq!(capacity_at(Path::new("/nonexistent/image-fs"), true), None);
+        assert_eq!(capacity_at(Path::new("/nonexistent/image-fs"), false), None);
+        assert!(plausible(10, 10, mount.path()));
+        assert!(!plausible(11, 10, mount.path()));
     }
 
     #[test]

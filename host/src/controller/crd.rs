@@ -217,6 +217,10 @@ pub struct ImageJobStatus {
     /// Nodes whose pass completed degraded (failed scans or removals).
     #[serde(default)]
     pub degraded: i64,
+    /// The registry policy (`registry://…@sha256:…`) the run's workers were
+    /// given, after vetting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Why the run failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -12,6 +12,10 @@ pub enum Error {
     Exclusions { name: String, message: String },
     #[error("ConfigMap {name}: {message}")]
     State { name: String, message: String },
+    /// The registry policy was refused and no earlier one passed; the run
+    /// fails closed.
+    #[error("{0}")]
+    Policy(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

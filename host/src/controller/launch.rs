@@ -22,6 +22,10 @@ use super::schedule::list_version;
 use super::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::config::Loaded;
 
+/// On a run that keeps the last good registry policy: why the configured
+/// one was refused.
+pub const CONDITION_POLICY_REFUSED: &str = "PolicyRefused";
+
 /// On a manual run's ImageJob: the ImageList version (`uid/generation`) it ran.
 pub const ANNOTATION_IMAGELIST: &str = "scour.dev/imagelist-version";
 
@@ -44,6 +48,11 @@ pub struct Prepared {
     pub candidates: Vec<Candidate>,
     pub worker_image: Option<String>,
     pub plan: Result<Plan>,
+    /// The registry policy the workers pull, after vetting.
+    pub policy: Option<String>,
+    /// Why the configured registry policy was refused, when the run keeps
+    /// the last good one.
+    pub policy_refused: Option<String>,
 }
 
 impl Reconciler {
@@ -103,9 +112,16 @@ impl Reconciler {
     /// or, when the plan failed, the whole run failed closed.
     pub(super) async fn launch(&mut self, job: ImageJob, prepared: Prepared, now: Timestamp) -> Result<Started> {
         let name = job.name_any();
-        let Prepared { candidates, plan, .. } = prepared;
+        let Prepared {
+            candidates,
+            plan,
+            policy,
+            policy_refused,
+            ..
+        } = prepared;
         let mut status = ImageJobStatus {
             phase: Some(JobPhase::Running),
+            policy,
             start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
             nodes: candidates
                 .iter()
@@ -124,6 +140,26 @@ impl Reconciler {
         };
         let selected = candidates.iter().filter(|c| c.skip.is_none()).count();
         let mut failed_closed = None;
+        if let Some(why) = policy_refused {
+            let generation = job.meta().generation;
+            super::status::set_condition(
+                &mut status.conditions,
+                CONDITION_POLICY_REFUSED,
+                true,
+                "PolicyRefused",
+                &why,
+                generation,
+                now,
+            );
+            let event = Event {
+                regarding: job.object_ref(&()),
+                warning: true,
+                reason: "PolicyRefused",
+                action: "StartRun",
+                note: why,
+            };
+            self.events.publish(event, now).await;
+        }
         match plan {
             Ok(plan) => {
                 self.plans.insert(name.clone(), plan);
@@ -206,10 +242,20 @@ impl Reconciler {
         let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
         let image = pods::worker_image(loaded, self.opts.worker_image.as_deref(), &self.opts.config_map);
         let worker_image = image.as_ref().ok().cloned();
+        let (mut policy, mut policy_refused) = (None, None);
         let plan = match image {
             Err(e) => Err(e),
             Ok(image) => match self.exclusions(now).await {
-                Ok((system, user)) => Ok(self.plan(loaded, image, system, user, &candidates)),
+                Ok((system, user)) => match self.choose_policy(loaded, now).await? {
+                    Ok(choice) => {
+                        policy = choice.module().map(str::to_owned);
+                        policy_refused = choice.refused;
+                        let mut plan = self.plan(loaded, image, system, user, &candidates);
+                        plan.template.policy = choice.mount;
+                        Ok(plan)
+                    }
+                    Err(why) => Err(Error::Policy(why)),
+                },
                 Err(e @ Error::Kube(_)) => return Err(e),
                 Err(e) => Err(e),
             },
@@ -218,6 +264,8 @@ impl Reconciler {
             candidates,
             worker_image,
             plan,
+            policy,
+            policy_refused,
         })
     }
 
@@ -237,6 +285,7 @@ impl Reconciler {
             config_map: self.opts.config_map.clone(),
             runtime_socket: pods::runtime_socket(loaded),
             node_state_dir: self.opts.node_state_dir.clone(),
+            image_fs: loaded.image_fs_path(),
             system_exclusions: system,
             user_exclusions: user,
             policy: pods::policy_mount(loaded),
@@ -276,6 +325,12 @@ impl Reconciler {
                 ) = (&mut plan.template.policy, &job.spec.policy_sha256)
                 {
                     *sha256 = pin.clone();
+                }
+                if let (pods::PolicyMount::Registry { module, .. }, Some(pinned)) = (
+                    &mut plan.template.policy,
+                    job.status.as_ref().and_then(|s| s.policy.as_ref()),
+                ) {
+                    *module = pinned.clone();
                 }
                 self.events.clear(&problem);
                 self.plans.insert(job.name_any(), plan);

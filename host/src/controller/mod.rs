@@ -35,6 +35,7 @@ mod schedule;
 pub mod serve;
 mod state;
 mod status;
+pub mod vet;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource, KeyToPath, LocalObjectReference,
-    ObjectFieldSelector, Pod, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    ObjectFieldSelector, Pod, PodSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,10 +26,16 @@ const ANNOTATION_IMAGELIST: &str = "scour.dev/imagelist";
 const CRI_SOCKET: &str = "/run/cri/cri.sock";
 const CONFIG_DIR: &str = "/etc/scour/config";
 const POLICY_DIR: &str = "/etc/scour/policy";
+/// The key of a `kubernetes.io/dockerconfigjson` Secret.
+pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+/// Each pull secret, for a registry policy: `<dir>/<secret>/.dockerconfigjson`.
+const REGISTRY_AUTH_DIR: &str = "/etc/scour/registry";
 const SYSTEM_EXCLUSIONS_DIR: &str = "/etc/scour/exclusions/system";
 const USER_EXCLUSIONS_DIR: &str = "/etc/scour/exclusions/user";
 const IMAGELIST_DIR: &str = "/etc/scour/imagelist";
 const STATE_DIR: &str = "/var/lib/scour";
+/// The node's runtime root, where the worker measures the image filesystem.
+pub const IMAGE_FS_DIR: &str = "/host/image-fs";
 
 /// What every worker pod of one run shares; only the node differs.
 #[derive(Debug, Clone)]
@@ -40,6 +46,9 @@ pub struct WorkerTemplate {
     pub config_map: String,
     pub runtime_socket: String,
     pub node_state_dir: String,
+    /// A node directory on the runtime's image filesystem, mounted
+    /// read-only for its capacity (`scour.imageFsPath`).
+    pub image_fs: Option<String>,
     pub system_exclusions: Option<String>,
     pub user_exclusions: Vec<String>,
     pub policy: PolicyMount,
@@ -59,6 +68,13 @@ pub enum PolicyMount {
     ConfigMap { name: String, key: String, sha256: String },
     /// A file baked into the worker image, pinned.
     Path { path: String, sha256: String },
+    /// A registry policy as the controller vetted it: `registry://…@sha256:…`
+    /// and the settings it was vetted with.
+    Registry {
+        module: String,
+        settings: String,
+        insecure: Vec<String>,
+    },
 }
 
 /// The worker image from the config, unless it is unset or names one of
@@ -83,6 +99,13 @@ pub fn worker_image(loaded: &Loaded, fallback: Option<&str>, config_map: &str) -
 
 pub fn policy_mount(loaded: &Loaded) -> PolicyMount {
     let p = &loaded.config.scour.policy;
+    if let Some(module) = &p.module {
+        return PolicyMount::Registry {
+            module: module.clone(),
+            settings: loaded.policy_settings(false),
+            insecure: p.insecure_sources.clone(),
+        };
+    }
     let sha256 = p.sha256.clone().unwrap_or_default();
     match (&p.config_map, &p.path) {
         (Some(name), _) => PolicyMount::ConfigMap {
@@ -214,6 +237,40 @@ impl WorkerTemplate {
                 args.push(format!("--policy={path}"));
                 args.push(format!("--policy-sha256={sha256}"));
             }
+            PolicyMount::Registry {
+                module,
+                settings,
+                insecure,
+            } => {
+                args.push(format!("--policy={module}"));
+                if !settings.trim().is_empty() {
+                    args.push(format!("--settings-json={settings}"));
+                }
+                for host in insecure {
+                    args.push(format!("--insecure-registry={host}"));
+                }
+                // The pull secrets that let the kubelet pull the worker image
+                // let the worker pull the policy.
+                for (i, secret) in self.pull_secrets.iter().enumerate() {
+                    let volume = format!("registry-auth-{i}");
+                    let dir = format!("{REGISTRY_AUTH_DIR}/{secret}");
+                    volumes.push(Volume {
+                        name: volume.clone(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(secret.clone()),
+                            items: Some(vec![KeyToPath {
+                                key: DOCKER_CONFIG_KEY.into(),
+                                path: DOCKER_CONFIG_KEY.into(),
+                                ..Default::default()
+                            }]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                    mounts.push(mount(&volume, &dir, true));
+                    args.push(format!("--registry-auth={dir}/{DOCKER_CONFIG_KEY}"));
+                }
+            }
         }
         if let Some(name) = &self.system_exclusions {
             volumes.push(config_map_volume("system-exclusions", name, None));
@@ -252,6 +309,14 @@ impl WorkerTemplate {
             });
             mounts.push(mount("imagelist", IMAGELIST_DIR, true));
             args.push(format!("--imagelist={IMAGELIST_DIR}/images.json"));
+        }
+        if let Some(path) = &self.image_fs {
+            // Must exist: a hostPath the runtime creates would be an empty
+            // directory on the node's root filesystem, the wrong capacity.
+            volumes.push(host_path("image-fs", path, "Directory"));
+            mounts.push(mount("image-fs", IMAGE_FS_DIR, true));
+            args.push(format!("--image-fs={IMAGE_FS_DIR}"));
+            args.push(format!("--image-fs-node-path={path}"));
         }
         let node_labels: Vec<String> = node_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut env = vec![
@@ -419,6 +484,117 @@ mod tests {
             worker_image(&ours, Some("x"), "cm").unwrap(),
             "ghcr.io/scour-dev/scour:v1.4.1"
         );
+    }
+
+    fn template(image_fs: Option<&str>) -> WorkerTemplate {
+        WorkerTemplate {
+            image: "scour:1".into(),
+            namespace: "kube-system".into(),
+            service_account: "scour-worker".into(),
+            config_map: "eraser-manager-config".into(),
+            runtime_socket: "/run/containerd/containerd.sock".into(),
+            node_state_dir: "/var/lib/scour".into(),
+            image_fs: image_fs.map(str::to_owned),
+            system_exclusions: None,
+            user_exclusions: Vec::new(),
+            policy: PolicyMount::BuiltIn,
+            resources: ResourceRequirements::default(),
+            extra_labels: BTreeMap::new(),
+            pull_secrets: Vec::new(),
+            priority_class: None,
+            log_level: None,
+        }
+    }
+
+    fn job() -> ImageJob {
+        let spec = serde_json::json!({
+            "trigger": "automatic",
+            "workerImage": "scour:1",
+            "rollout": {
+                "maxConcurrency": 1,
+                "pendingTimeoutSeconds": 600,
+                "successRatio": 1.0,
+                "delayOnSuccessSeconds": 0,
+                "delayOnFailureSeconds": 600,
+            },
+        });
+        ImageJob::new("scour-automatic-1", serde_json::from_value(spec).unwrap())
+    }
+
+    #[test]
+    fn the_image_filesystem_is_mounted_read_only_and_named_to_the_worker() {
+        let pod = template(Some("/var/lib/containerd")).pod(&job(), "node-a", &BTreeMap::new());
+        let spec = pod.spec.unwrap();
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "image-fs")
+            .unwrap();
+        let host = volume.host_path.unwrap();
+        assert_eq!(
+            (host.path.as_str(), host.type_.as_deref()),
+            ("/var/lib/containerd", Some("Directory"))
+        );
+        let container = &spec.containers[0];
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "image-fs")
+            .unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (IMAGE_FS_DIR, Some(true)));
+        let args = container.args.clone().unwrap();
+        assert!(args.contains(&format!("--image-fs={IMAGE_FS_DIR}")), "{args:?}");
+        assert!(
+            args.contains(&"--image-fs-node-path=/var/lib/containerd".to_owned()),
+            "{args:?}"
+        );
+
+        // `scour.imageFsPath: ""`: no mount, no flag.
+        let pod = template(None).pod(&job(), "node-a", &BTreeMap::new());
+        let spec = pod.spec.unwrap();
+        assert!(!spec.volumes.unwrap().iter().any(|v| v.name == "image-fs"));
+        let args = spec.containers[0].args.clone().unwrap();
+        assert!(!args.iter().any(|a| a.starts_with("--image-fs")), "{args:?}");
+    }
+
+    #[test]
+    fn a_registry_policy_is_pulled_by_the_worker_with_the_pull_secrets() {
+        let module = format!("registry://r.example/p:v1@sha256:{}", "ab".repeat(32));
+        let mut t = template(None);
+        t.policy = PolicyMount::Registry {
+            module: module.clone(),
+            settings: r#"{"maxAgeDays": 14}"#.into(),
+            insecure: vec!["r.example".into()],
+        };
+        t.pull_secrets = vec!["regcred".into()];
+        let spec = t.pod(&job(), "node-a", &BTreeMap::new()).spec.unwrap();
+        let container = &spec.containers[0];
+        let args = container.args.clone().unwrap();
+        for want in [
+            format!("--policy={module}"),
+            r#"--settings-json={"maxAgeDays": 14}"#.to_owned(),
+            "--insecure-registry=r.example".to_owned(),
+            format!("--registry-auth={REGISTRY_AUTH_DIR}/regcred/{DOCKER_CONFIG_KEY}"),
+        ] {
+            assert!(args.contains(&want), "{want} not in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a.starts_with("--policy-sha256")), "{args:?}");
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.secret.is_some())
+            .expect("the pull secret as a volume");
+        assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("regcred"));
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume.name)
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]

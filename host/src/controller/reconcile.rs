@@ -61,6 +61,8 @@ pub struct Reconciler {
     /// Worker templates of runs in flight, by ImageJob name.
     pub(super) plans: HashMap<String, Plan>,
     pub(super) events: Recorder,
+    /// Registry policies vetted in this term, and the verdicts that stand.
+    pub(super) vetted: HashMap<super::vet::VettedPolicy, std::result::Result<(), (String, bool)>>,
     /// Writes to ImageJobs the store does not show yet, by name.
     pending: BTreeMap<String, Pending>,
     /// The earliest time something falls due, gathered during a reconcile.
@@ -80,6 +82,7 @@ impl Reconciler {
             state,
             plans: HashMap::new(),
             events,
+            vetted: HashMap::new(),
             pending: BTreeMap::new(),
             wake: None,
         }

@@ -2,7 +2,6 @@
 //! automatic run is due, and which ImageList version already ran. Without
 //! it a restart would start a run on every node (Eraser #1169).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -12,6 +11,7 @@ use kube::Api;
 use kube::api::PostParams;
 
 use super::error::{Error, Result};
+use super::vet::VettedPolicy;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
@@ -28,6 +28,14 @@ pub struct State {
     /// no longer match the fingerprint.
     pub retry: Option<String>,
 }
+
+/// The ConfigMap keys [`State`] is written to; other keys (the last good
+/// policy) are kept as they are.
+const STATE_KEYS: [&str; 4] = ["nextRun", "intervalSeconds", "imagelist", "retry"];
+/// The last registry policy that passed vetting, run when a newer one is
+/// refused; written on its own, so that no caller's older copy of
+/// [`State`] can undo it.
+const POLICY_KEY: &str = "lastGoodPolicy";
 
 pub struct Store {
     api: Api<ConfigMap>,
@@ -95,7 +103,8 @@ impl Store {
         if old == state {
             return Ok(());
         }
-        let mut data = BTreeMap::new();
+        let mut data = cm.data.clone().unwrap_or_default();
+        data.retain(|k, _| !STATE_KEYS.contains(&k.as_str()));
         if let Some(t) = state.next_run {
             data.insert("nextRun".to_owned(), t.to_string());
         }
@@ -110,16 +119,55 @@ impl Store {
         }
         let mut cm = cm.clone();
         cm.data = Some(data);
+        let saved = self.write(cm).await?;
+        self.loaded = Some((state.clone(), saved));
+        Ok(())
+    }
+
+    /// The last registry policy that passed vetting.
+    pub async fn good_policy(&mut self) -> Result<Option<VettedPolicy>> {
+        self.get().await?;
+        let Some((_, cm)) = &self.loaded else {
+            return Ok(None);
+        };
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get(POLICY_KEY))
+            .map(|text| {
+                serde_json::from_str(text).map_err(|e| Error::State {
+                    name: self.name.clone(),
+                    message: format!("{POLICY_KEY}: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Records `policy` as the last good one.
+    pub async fn keep_good_policy(&mut self, policy: &VettedPolicy) -> Result<()> {
+        let state = self.get().await?;
+        let Some((_, cm)) = &self.loaded else {
+            return Ok(());
+        };
+        let text = serde_json::to_string(policy).map_err(|e| Error::State {
+            name: self.name.clone(),
+            message: format!("{POLICY_KEY}: {e}"),
+        })?;
+        let mut cm = cm.clone();
+        cm.data.get_or_insert_default().insert(POLICY_KEY.to_owned(), text);
+        let saved = self.write(cm).await?;
+        self.loaded = Some((state, saved));
+        Ok(())
+    }
+
+    /// Creates or replaces the ConfigMap.
+    async fn write(&mut self, cm: ConfigMap) -> Result<ConfigMap> {
         let saved = if cm.metadata.resource_version.is_some() {
             self.api.replace(&self.name, &PostParams::default(), &cm).await
         } else {
             self.api.create(&PostParams::default(), &cm).await
         };
         match saved {
-            Ok(saved) => {
-                self.loaded = Some((state.clone(), saved));
-                Ok(())
-            }
+            Ok(saved) => Ok(saved),
             Err(e) => {
                 // Another writer (a previous leader) got there first, or the
                 // write may not have happened: read it again next time.

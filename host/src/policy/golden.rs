@@ -138,6 +138,26 @@ impl Case {
     /// Reads every case file (`*.yaml`, `*.yml`, `*.json`) under the given
     /// files and directories, in path order.
     pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Case>, CaseFileError> {
+        let mut cases = Vec::new();
+        for f in Case::files(paths)? {
+            cases.extend(Case::parse_file(&f)?);
+        }
+        Ok(cases)
+    }
+
+    /// Cases shipped with a policy as (file name, text), as a registry
+    /// artifact carries them.
+    pub fn parse_shipped(files: &[(String, String)]) -> Result<Vec<Case>, CaseFileError> {
+        let mut cases = Vec::new();
+        for (name, text) in files {
+            cases.extend(Case::parse_text(text, Path::new(name))?);
+        }
+        Ok(cases)
+    }
+
+    /// Every case file (`*.yaml`, `*.yml`, `*.json`) under the given files
+    /// and directories, in path order; none is an error.
+    pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CaseFileError> {
         let mut files = Vec::new();
         for p in paths {
             collect_files(p, &mut files).map_err(|e| CaseFileError {
@@ -155,11 +175,7 @@ impl Case {
                 message: "no case files (*.yaml, *.yml, *.json) found".into(),
             });
         }
-        let mut cases = Vec::new();
-        for f in files {
-            cases.extend(Case::parse_file(&f)?);
-        }
-        Ok(cases)
+        Ok(files)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod golden;
 mod guest_log;
 mod handle;
 mod loaded;
+pub mod oci;
 mod source;
 mod watch;
 
@@ -90,6 +91,13 @@ pub enum Error {
     CaseFailed { case: String, detail: String },
     #[error("policy digest {actual} is not the pinned {expected}")]
     PinMismatch { expected: String, actual: String },
+    /// The registry could not be reached, refused the credentials, or does
+    /// not have the policy.
+    #[error("cannot pull policy {reference}: {message}")]
+    Registry { reference: String, message: String },
+    /// The artifact is there but is not a scour policy.
+    #[error("{reference} is not a scour policy: {message}")]
+    NotAPolicy { reference: String, message: String },
     /// The input itself is unusable, e.g. an exclusion pattern that does not
     /// parse; the policy was not called.
     #[error("policy input is invalid: {0}")]
@@ -113,6 +121,8 @@ impl Error {
             Error::CaseFailed { .. } => "case-failed",
             Error::Input(_) => "input",
             Error::PinMismatch { .. } => "pin-mismatch",
+            Error::Registry { .. } => "registry",
+            Error::NotAPolicy { .. } => "not-a-policy",
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Where policy bytes come from: a file, or the default policy built into
-//! the binary.
+//! Where policy bytes come from: a file, an OCI registry, or the default
+//! policy built into the binary.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
 
+use super::oci::{self, PolicyRef, RegistryOptions};
 use super::{Error, Result};
 
 /// The default policy component, built from `policies/default` by the
@@ -16,12 +17,22 @@ pub fn embedded_default_policy() -> &'static [u8] {
 pub enum PolicySource {
     Embedded,
     File(PathBuf),
+    Registry(PolicyRef),
 }
 
 impl PolicySource {
-    /// `--policy PATH` when given, else the embedded default.
-    pub fn from_option(path: Option<PathBuf>) -> Self {
-        path.map_or(PolicySource::Embedded, PolicySource::File)
+    /// `--policy PATH` or `--policy registry://…@sha256:…` when given,
+    /// else the embedded default.
+    pub fn from_option(path: Option<PathBuf>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(PolicySource::Embedded);
+        };
+        match path.to_str() {
+            Some(text) if text.starts_with(oci::SCHEME) => {
+                PolicyRef::parse(text).map(PolicySource::Registry).map_err(Error::Input)
+            }
+            _ => Ok(PolicySource::File(path)),
+        }
     }
 
     /// How the source is named in logs and reports.
@@ -29,11 +40,15 @@ impl PolicySource {
         match self {
             PolicySource::Embedded => "embedded:scour-default".to_owned(),
             PolicySource::File(p) => p.display().to_string(),
+            PolicySource::Registry(r) => r.to_string(),
         }
     }
 
-    pub fn read(&self) -> Result<Cow<'static, [u8]>> {
+    /// The component's bytes; a registry policy is pulled (or read from
+    /// the pull cache) and checked against its pin.
+    pub fn read(&self, registry: &RegistryOptions) -> Result<Cow<'static, [u8]>> {
         match self {
+            PolicySource::Registry(r) => oci::pull_blocking(r, registry).map(|p| Cow::Owned(p.component)),
             PolicySource::Embedded => Ok(Cow::Borrowed(embedded_default_policy())),
             PolicySource::File(p) => std::fs::read(p).map(Cow::Owned).map_err(|error| Error::Read {
                 path: p.display().to_string(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use scour_policy_sdk::{Action, Context, Image, Mode, ScanOutcome, Snapshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::collect::{self, FirstSeen, Inventory};
+use crate::collect::{self, FirstSeen, ImageFsProbe, Inventory};
 use crate::cri::CriClient;
 use crate::exclusions::ExclusionList;
 use crate::guard::Guard;
@@ -55,6 +55,8 @@ pub struct WorkerConfig {
     pub remove_concurrency: usize,
     /// Writes the exact policy input here before `decide`.
     pub snapshot_out: Option<PathBuf>,
+    /// Where the image filesystem's capacity is measured.
+    pub image_fs: ImageFsProbe,
 }
 
 fn unix_now() -> u64 {
@@ -141,7 +143,7 @@ async fn pass(
         Err(e) => return fail(report, "collect", e),
     };
     let mut first_seen = FirstSeen::load(cfg.state_dir.as_deref());
-    let inventory = match collect::collect(&cri, &mut first_seen, now).await {
+    let inventory = match collect::collect(&cri, &mut first_seen, now, &cfg.image_fs).await {
         Ok(i) => i,
         Err(e) => return fail(report, "collect", e),
     };
@@ -156,6 +158,9 @@ async fn pass(
         containers = inventory.containers.len(),
         in_use = inventory.images.iter().filter(|i| i.in_use).count(),
         sandbox_image = inventory.sandbox_image.as_deref().unwrap_or(""),
+        image_fs_used = inventory.image_fs.map(|f| f.used_bytes),
+        image_fs_capacity = inventory.image_fs.and_then(|f| f.capacity_bytes),
+        image_fs_measured_at = inventory.image_fs_measured_at.as_ref().map(|p| p.display().to_string()),
         user_exclusions = user.entries().len(),
         system_exclusions = system.entries().len(),
         "collected"

@@ -590,6 +590,8 @@ impl ControllerProcess {
             .env("KUBECONFIG", plane.kubeconfig(User::Controller))
             .env("POD_NAMESPACE", NS)
             .env("SCOUR_LOG", "info")
+            // Vetting a registry policy compiles it: share the tests' cache.
+            .env("SCOUR_POLICY_CACHE_DIR", crate::scenario::policy_cache_dir())
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err)

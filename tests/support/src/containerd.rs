@@ -415,6 +415,12 @@ impl PrivateContainerd {
         format!("unix://{}", self.socket().display())
     }
 
+    /// containerd's root, `DIR/root`: what a node keeps at
+    /// `/var/lib/containerd`, on the instance's tmpfs.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
     /// `DIR/containerd.sock`.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")

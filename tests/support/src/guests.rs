@@ -87,3 +87,45 @@ pub fn default_policy_path() -> PathBuf {
         .unwrap_or_else(|e| panic!("building the default policy: {e}"));
     guest_target_dir().join("wasm32-wasip2/guest/scour_default_policy.wasm")
 }
+
+/// A guest example (`guest-examples/NAME`) built by `scour` (`policy build`)
+/// into `target/policy-examples/NAME.wasm`, once per process, one builder at
+/// a time across test processes. `None` when the Python and JS toolchains
+/// are missing (outside CI; in CI that fails).
+pub fn example_policy(scour: &Path, name: &str) -> Option<PathBuf> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let py = crate::gate::require_componentize_py()?;
+    let js = crate::gate::require_componentize_js()?;
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return Some(path.clone());
+    }
+    let root = workspace_root();
+    let out_dir = root.join("target/policy-examples");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let lock = std::fs::File::create(out_dir.join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let out = out_dir.join(format!("{name}.wasm"));
+    let o = Command::new(scour)
+        .args(["policy", "build"])
+        .arg(root.join("guest-examples").join(name))
+        .arg("--out")
+        .arg(&out)
+        .env("SCOUR_COMPONENTIZE_PY", py)
+        .env("SCOUR_COMPONENTIZE_JS", js)
+        .env("CARGO_TARGET_DIR", root.join("target/examples"))
+        .env("SCOUR_POLICY_CACHE_DIR", root.join("target/test-policy-cache"))
+        .env("SCOUR_LOG", "warn")
+        .output()
+        .expect("running scour policy build");
+    assert!(
+        o.status.success(),
+        "building {name}:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    built.insert(name.to_owned(), out.clone());
+    Some(out)
+}

@@ -7,7 +7,9 @@
 //! node's private containerd socket), ConfigMap and downward-API volumes
 //! become files written from the API, an emptyDir a fresh directory. It runs
 //! the container's command, the real binary it names, with every mount path
-//! in the arguments and environment rewritten to its local directory, and
+//! (and every file of the image it was given, such as a policy baked into a
+//! custom image) in the arguments and environment rewritten to its local
+//! path, and
 //! the termination-message file handed over through
 //! `SCOUR_TERMINATION_LOG`. Then it writes the pod's status back: Running,
 //! then Succeeded or Failed with the exit code and the termination message,
@@ -48,7 +50,9 @@ pub struct NodeSetup {
     pub root: PathBuf,
     /// hostPath → local path; other hostPaths live under `root/host`.
     pub host_paths: BTreeMap<String, PathBuf>,
-    /// A container command → the local binary that stands in for it.
+    /// Files of the container image → the local files that stand in for
+    /// them: the container's command, and any file its arguments name (a
+    /// policy baked into a custom image, for `scour.policy.path`).
     pub binaries: BTreeMap<String, PathBuf>,
     /// Environment the node adds to every container (what the image or
     /// the node's network would give it).
@@ -377,6 +381,18 @@ impl Agent {
             std::os::unix::fs::symlink(&target, &link).map_err(|e| format!("mounting {}: {e}", m.mount_path))?;
             mounts.push(m.mount_path.clone());
         }
+        // The image's own files, where no mount hides them.
+        for (path, local) in &self.setup.binaries {
+            let link = rootfs.join(path.trim_start_matches('/'));
+            if link.symlink_metadata().is_ok() {
+                continue;
+            }
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            std::os::unix::fs::symlink(local, &link).map_err(|e| format!("placing {path}: {e}"))?;
+            mounts.push(path.clone());
+        }
         Ok(Mounts { rootfs, paths: mounts })
     }
 
@@ -526,7 +542,8 @@ async fn post_node_status(client: &Client, node: &str, port: u16) -> Result<(), 
         .map(|_| ())
 }
 
-/// A container's mounts: symlinks under `rootfs` at each mount path.
+/// A container's mounts and image files: symlinks under `rootfs` at each
+/// path.
 struct Mounts {
     rootfs: PathBuf,
     paths: Vec<String>,
@@ -534,8 +551,9 @@ struct Mounts {
 
 impl Mounts {
     /// An argument or environment value as the container's process must
-    /// see it here: an absolute path inside a mount, or above one, is moved
-    /// under `rootfs`, after a `--flag=` and a `unix://` if it has them.
+    /// see it here: an absolute path inside a mount or an image file, or
+    /// above one, is moved under `rootfs`, after a `--flag=` and a
+    /// `unix://` if it has them.
     fn rewrite(&self, s: &str) -> String {
         let (head, value) = match s.split_once('=') {
             Some((flag, v)) if flag.starts_with('-') => (format!("{flag}="), v),

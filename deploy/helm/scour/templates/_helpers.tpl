@@ -107,6 +107,11 @@ exactly that repository).
 {{- if not (has .Values.runtime.name (list "containerd" "crio" "dockershim")) -}}
 {{- fail (printf "runtime.name must be containerd, crio or dockershim, got %q" .Values.runtime.name) -}}
 {{- end -}}
+{{- with .Values.runtime.imageFsPath -}}
+{{- if or (not (hasPrefix "/" .)) (eq (trimSuffix "/" .) "") (regexMatch "(^|/)\\.\\.?(/|$)" .) -}}
+{{- fail (printf "runtime.imageFsPath must be an absolute directory other than / without . or .., e.g. /var/lib/containerd; got %q" .) -}}
+{{- end -}}
+{{- end -}}
 {{- if or (lt (float64 .Values.successRatio) 0.0) (gt (float64 .Values.successRatio) 1.0) -}}
 {{- fail (printf "successRatio must be between 0.0 and 1.0, got %v" .Values.successRatio) -}}
 {{- end -}}
