@@ -716,10 +716,12 @@ fn hex_digest(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Pushes `component` (with the case files under `cases`, if any) through
-/// `scour policy push`; returns the digest-pinned reference it prints.
+/// Pushes `component` with the case files under `cases` through `scour
+/// policy push`, with the Docker config `auth`; returns the digest-pinned
+/// reference it prints.
 fn push_policy(
     registry: &scour_testkit::registry::Registry,
+    auth: &std::path::Path,
     component: &std::path::Path,
     repo: &str,
     cases: &std::path::Path,
@@ -731,6 +733,8 @@ fn push_policy(
         .arg("--cases")
         .arg(cases)
         .args(["--insecure-registry", &registry.host()])
+        .arg("--registry-auth")
+        .arg(auth)
         .env("SCOUR_POLICY_CACHE_DIR", scour_testkit::scenario::policy_cache_dir())
         .output()
         .expect("scour policy push");
@@ -744,7 +748,8 @@ fn push_policy(
 
 #[tokio::test]
 async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_traps_is_refused_before_rollout() {
-    let Some(registry) = scour_testkit::registry::Registry::start() else {
+    use scour_testkit::oci_push::{Layer, push_artifact, sha256};
+    let Some(registry) = scour_testkit::registry::Registry::start_with_auth("ci", "s3cret") else {
         return;
     };
     let Some(python) = scour_testkit::guests::example_policy(SCOUR.as_ref(), "python-cve-allowlist") else {
@@ -752,9 +757,18 @@ async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_t
     };
     let size = std::fs::metadata(&python).unwrap().len();
     assert!(size >= 10 << 20, "the Python policy is {size} bytes");
+    let host = registry.host();
+    let auth_dir = tempfile::tempdir().unwrap();
+    let auth = auth_dir.path().join("config.json");
+    std::fs::write(
+        &auth,
+        serde_json::json!({"auths": {&host: {"username": "ci", "password": "s3cret"}}}).to_string(),
+    )
+    .unwrap();
     let examples = scour_testkit::guests::workspace_root().join("guest-examples");
     let good = push_policy(
         &registry,
+        &auth,
         &python,
         "policies/cve-allowlist:v1",
         &examples.join("python-cve-allowlist/tests"),
@@ -762,36 +776,36 @@ async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_t
     // A policy that traps, published around `scour policy push` (which
     // would refuse it) with the Python policy's cases.
     let cases = std::fs::read(examples.join("python-cve-allowlist/tests/cases.yaml")).unwrap();
-    let trap = scour_testkit::oci_push::push_artifact(
+    let trap = push_artifact(
         registry.addr(),
-        None,
+        registry.basic_auth().as_deref(),
         "policies/cve-allowlist",
         "v2",
         "application/vnd.wasm.config.v1+json",
         &[
-            scour_testkit::oci_push::Layer {
+            Layer {
                 media_type: "application/vnd.wasm.content.layer.v1+wasm",
                 data: &scour_testkit::guests::hostile_guest("panics"),
                 title: None,
             },
-            scour_testkit::oci_push::Layer {
+            Layer {
                 media_type: "application/vnd.scour.policy.cases.v1+yaml",
                 data: &cases,
                 title: Some("cases.yaml"),
             },
         ],
     );
-    let bad = format!("registry://{}/policies/cve-allowlist:v2@{trap}", registry.host());
-    let insecure = format!("policy.insecureSources={{{}}}", registry.host());
+    let bad = format!("registry://{host}/policies/cve-allowlist:v2@{trap}");
     let values = |module: &str| {
-        vec![
-            "--set".to_owned(),
+        [
             "enabled=false".to_owned(),
-            "--set".to_owned(),
             format!("policy.module={module}"),
-            "--set".to_owned(),
-            insecure.clone(),
+            format!("policy.insecureSources={{{host}}}"),
+            "imagePullSecrets={regcred}".to_owned(),
         ]
+        .into_iter()
+        .flat_map(|v| ["--set".to_owned(), v])
+        .collect::<Vec<_>>()
     };
     let images = |_: &str| {
         vec![
@@ -800,25 +814,93 @@ async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_t
             ("clean", clean("docker.io/library/nginx:1.25", "clean")),
         ]
     };
-    let first = values(&good);
+    // The trapping policy comes first: with no earlier good policy, the run
+    // fails closed and no worker pod starts.
+    let first = values(&bad);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
     let Some((c, nodes)) = cluster(&first, &["node-a"], images).await else {
         return;
     };
+    // Workers and the controller pull with the pull secret, as a kubelet
+    // pulls images with it.
+    let secret = c
+        .plane
+        .kubectl(User::Admin)
+        .args(["create", "secret", "docker-registry", "regcred", "-n", "kube-system"])
+        .arg(format!("--docker-server={host}"))
+        .args(["--docker-username=ci", "--docker-password=s3cret"])
+        .output()
+        .unwrap();
+    assert!(secret.status.success(), "{}", String::from_utf8_lossy(&secret.stderr));
     let controller = ControllerProcess::start(SCOUR.as_ref(), &c.plane, "e2e", &[]);
+    let helm = scour_testkit::helm::Helm::find().unwrap();
+    let run = |n: usize, image: &'static str| {
+        let c = &c;
+        let controller = &controller;
+        async move {
+            apply(c, &SEED_IMAGELIST.replace("docker.io/library/alpine:3.7.3", image));
+            c.eventually(&format!("manual run {n} to finish"), || async {
+                let job = c
+                    .jobs()
+                    .await
+                    .into_iter()
+                    .filter(|j| j.spec.trigger == Trigger::Manual)
+                    .nth(n - 1)?;
+                job.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p != JobPhase::Running)
+                    .then_some(job)
+            })
+            .await
+            .status
+            .unwrap_or_else(|| panic!("no status\n{}", controller.log_text()))
+        }
+    };
+    let status = run(1, "docker.io/library/alpine:3.7.3").await;
+    assert_eq!(status.phase, Some(JobPhase::Failed), "{status:#?}");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&bad) && message.contains("no earlier good policy") && message.contains("trapped"),
+        "{message}"
+    );
+    assert_eq!(c.pods_created(), 0, "no worker pod may start");
+    assert!(nodes[0].has("victim"));
 
-    apply(&c, SEED_IMAGELIST);
-    let job = finished_run(&c, Trigger::Manual, 1, &controller).await;
+    // A good policy: vetted, rolled out, and named by the run.
+    let second = values(&good);
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    apply(&c, &helm.template(&second));
+    let status = run(2, "docker.io/library/alpine:3.7.3").await;
     let logs = worker_logs(&nodes);
+    assert_eq!(status.phase, Some(JobPhase::Completed), "{status:#?}\n{logs}");
     assert!(!nodes[0].has("victim"), "the listed image survived\n{logs}");
     assert!(nodes[0].has("stale") && nodes[0].has("clean"), "{logs}");
-    let status = job.status.clone().unwrap();
     assert_eq!(
         status.policy.as_deref(),
         Some(good.as_str()),
         "the run names the policy's digest"
     );
-    let component = scour_testkit::oci_push::sha256(&std::fs::read(&python).unwrap());
+    assert!(!status.conditions.iter().any(|c| c.type_ == "PolicyRefused"));
+    let component = sha256(&std::fs::read(&python).unwrap());
+    // The worker pulled it itself, with the pull secret: the registry asks
+    // for credentials, and the node keeps what it pulled.
+    let digest = good.rsplit_once("@sha256:").unwrap().1;
+    let pulled = nodes[0]
+        .agent
+        .setup
+        .root
+        .join("host/var/lib/scour/pulled-policies")
+        .join(digest)
+        .join("component.wasm");
+    assert_eq!(sha256(&std::fs::read(&pulled).unwrap()), component);
+    let job = c
+        .jobs()
+        .await
+        .into_iter()
+        .filter(|j| j.spec.trigger == Trigger::Manual)
+        .nth(1)
+        .unwrap();
     let reports = c.reports(&job.name_any()).await;
     assert_eq!(
         reports["node-a"][0].spec.policy, component,
@@ -826,21 +908,14 @@ async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_t
     );
     let pods_before = c.pods_created();
 
-    // The next policy traps: the controller refuses it before any pod runs
-    // it, and the run keeps the Python policy.
-    let second = values(&bad);
-    let second: Vec<&str> = second.iter().map(String::as_str).collect();
-    let helm = scour_testkit::helm::Helm::find().unwrap();
-    apply(&c, &helm.template(&second));
-    apply(
-        &c,
-        &SEED_IMAGELIST.replace("docker.io/library/alpine:3.7.3", "ghcr.io/example/legacy-tool:0.9"),
-    );
-    let job = finished_run(&c, Trigger::Manual, 2, &controller).await;
+    // The trapping policy again: refused before any pod runs it, and the
+    // run keeps the last good one.
+    apply(&c, &helm.template(&first));
+    let status = run(3, "ghcr.io/example/legacy-tool:0.9").await;
     let logs = worker_logs(&nodes);
+    assert_eq!(status.phase, Some(JobPhase::Completed), "{status:#?}\n{logs}");
     assert!(!nodes[0].has("stale"), "the last good policy did not run\n{logs}");
     assert!(nodes[0].has("clean"));
-    let status = job.status.clone().unwrap();
     assert_eq!(status.policy.as_deref(), Some(good.as_str()));
     let refused = status
         .conditions
@@ -853,20 +928,16 @@ async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_t
         "{}",
         refused.message
     );
-    let reports = c.reports(&job.name_any()).await;
-    assert_eq!(reports["node-a"][0].spec.policy, component);
     assert_eq!(c.pods_created(), pods_before + 1, "one pod, with the last good policy");
     assert!(!logs.contains(&trap), "a worker was given the refused policy:\n{logs}");
-    eprintln!("controller peak RSS {} MiB", controller.peak_rss() >> 20);
     let events = c.events().await;
-    let refusals: Vec<_> = events
+    let refusals = events
         .iter()
-        .filter(|e| e.reason.as_deref() == Some("PolicyRefused"))
-        .collect();
+        .filter(|e| e.reason.as_deref() == Some("PolicyRefused") && e.note.as_deref().is_some_and(|n| n.contains(&bad)))
+        .count();
     assert!(
-        refusals
-            .iter()
-            .any(|e| e.note.as_deref().is_some_and(|n| n.contains(&bad))),
-        "{events:#?}"
+        refusals >= 2,
+        "a refusal event for the policy and for the run: {events:#?}"
     );
+    eprintln!("controller peak RSS {} MiB", controller.peak_rss() >> 20);
 }

@@ -143,6 +143,10 @@ pub struct PolicyArgs {
     pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Where pulled registry policies are kept [default: pulled/ in the
+    /// compiled-policy cache]; the worker keeps them in its state directory.
+    #[arg(skip)]
+    pub pulled_dir: Option<PathBuf>,
     /// Wall-clock deadline for each policy call.
     #[arg(long, env = "SCOUR_POLICY_TIMEOUT", default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
     pub policy_timeout: Duration,
@@ -234,7 +238,11 @@ impl PolicyArgs {
 
     /// Registry options; pulled policies are kept beside the compiled ones.
     pub fn registry_options(&self) -> Result<RegistryOptions> {
-        self.registry.options(self.cache_dir().map(|dir| dir.join(PULLED_DIR)))
+        let pulled = self
+            .pulled_dir
+            .clone()
+            .or_else(|| self.cache_dir().map(|dir| dir.join(PULLED_DIR)));
+        self.registry.options(pulled)
     }
 
     /// The policy's bytes, pulled when it lives in a registry.

@@ -274,6 +274,8 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
     if args.policy.policy_cache_dir.is_none() {
         args.policy.policy_cache_dir = Some(args.state_dir.join("policy-cache"));
     }
+    // A registry policy is pulled once per node and kept with its state.
+    args.policy.pulled_dir = Some(args.state_dir.join("pulled-policies"));
     let source = args.policy.source()?;
     let scour_policy = eraser.as_ref().map(|c| &c.config.scour.policy);
     let settings = match (args.settings.given(), &eraser) {

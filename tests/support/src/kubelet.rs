@@ -4,8 +4,8 @@
 //! It watches the pods bound to its node. For each, it does what a kubelet
 //! would, with files standing in for mounts: hostPath volumes become
 //! directories under the node's root (the runtime socket's hostPath is the
-//! node's private containerd socket), ConfigMap and downward-API volumes
-//! become files written from the API, an emptyDir a fresh directory. It runs
+//! node's private containerd socket), ConfigMap, Secret and downward-API
+//! volumes become files written from the API, an emptyDir a fresh directory. It runs
 //! the container's command, the real binary it names, with every mount path
 //! (and every file of the image it was given, such as a policy baked into a
 //! custom image) in the arguments and environment rewritten to its local
@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod, Volume,
+    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, KeyToPath,
+    Pod, Secret, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -332,16 +333,25 @@ impl Agent {
                 for (k, value) in object.binary_data.clone().unwrap_or_default() {
                     files.insert(k, value.0);
                 }
-                let items: Vec<(String, String)> = match &cm.items {
-                    Some(items) => items.iter().map(|i| (i.key.clone(), i.path.clone())).collect(),
-                    None => files.keys().map(|k| (k.clone(), k.clone())).collect(),
-                };
-                for (key, rel) in items {
-                    let bytes = files
-                        .get(&key)
-                        .ok_or_else(|| format!("ConfigMap {} has no key {key}", cm.name))?;
-                    std::fs::write(p.join(rel), bytes).map_err(|e| e.to_string())?;
-                }
+                write_items(&p, &files, cm.items.as_deref(), &format!("ConfigMap {}", cm.name))?;
+                p
+            } else if let Some(secret) = &v.secret {
+                let p = dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&p).map_err(|e| e.to_string())?;
+                let name = secret.secret_name.clone().unwrap_or_default();
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+                let object = api
+                    .get(&name)
+                    .await
+                    .map_err(|e| format!("Secret {name} for volume {}: {e}", v.name))?;
+                let files: BTreeMap<String, Vec<u8>> = object
+                    .data
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                write_items(&p, &files, secret.items.as_deref(), &format!("Secret {name}"))?;
                 p
             } else if let Some(downward) = &v.downward_api {
                 let p = dir.join("volumes").join(&v.name);
@@ -576,6 +586,24 @@ impl Mounts {
 }
 
 /// A downward-API field of the pod.
+/// A ConfigMap's or Secret's keys as files: `items` (key → path), or every key.
+fn write_items(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    what: &str,
+) -> Result<(), String> {
+    let items: Vec<(String, String)> = match items {
+        Some(items) => items.iter().map(|i| (i.key.clone(), i.path.clone())).collect(),
+        None => files.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    for (key, rel) in items {
+        let bytes = files.get(&key).ok_or_else(|| format!("{what} has no key {key}"))?;
+        std::fs::write(dir.join(rel), bytes).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn field_value(pod: &Pod, path: &str) -> Option<String> {
     match path {
         "metadata.name" => pod.metadata.name.clone(),
