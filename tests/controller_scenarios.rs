@@ -1469,3 +1469,101 @@ async fn a_deleted_run_takes_its_worker_pods_with_it() {
     })
     .await;
 }
+
+/// `scour policy push` of the default policy with the case files `cases`
+/// (different cases make a different artifact); the pinned reference.
+fn push_default_policy(registry: &scour_testkit::registry::Registry, tag: &str, cases: &[&str]) -> String {
+    let root = scour_testkit::guests::workspace_root();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scour"));
+    cmd.args(["policy", "push", "--policy"])
+        .arg(scour_testkit::guests::default_policy_path())
+        .arg(format!("registry://{}/policies/default:{tag}", registry.host()))
+        .args(["--insecure-registry", &registry.host()]);
+    for c in cases {
+        cmd.arg("--cases").arg(root.join("policies/default/tests").join(c));
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn with_registry_policy(module: &str, registry: &scour_testkit::registry::Registry) -> String {
+    automatic_off().replace(
+        "scour:\n",
+        &format!(
+            "scour:\n  policy:\n    module: {module}\n    insecureSources: [\"{}\"]\n    canary: true\n",
+            registry.host()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_canary_node_runs_a_new_registry_policy_dry_first_and_a_failed_canary_stops_the_run() {
+    let Some(registry) = scour_testkit::registry::Registry::start() else {
+        return;
+    };
+    let v1 = push_default_policy(&registry, "v1", &["automatic.yaml", "manual.yaml"]);
+    let v2 = push_default_policy(&registry, "v2", &["automatic.yaml"]);
+    assert_ne!(v1, v2);
+    let Some(c) = cluster(nodes(3), &with_registry_policy(&v1, &registry)).await else {
+        return;
+    };
+    let lists: Api<ImageList> = Api::all(c.admin.clone());
+    create(&lists, &seed_imagelist()).await;
+    let name = first_run(&c).await;
+    // The canary alone, dry, with the new policy.
+    let pods = pods_running(&c, 1).await;
+    let canary = pods[0].spec.as_ref().unwrap().node_name.clone().unwrap();
+    let a = args(&pods[0]);
+    assert!(a.contains(&"--dry-run".to_owned()), "{a:?}");
+    assert!(a.contains(&format!("--policy={v1}")), "{a:?}");
+    parses_as_a_worker(&pods[0]);
+    let status = c.job(&name).await.status.unwrap();
+    assert_eq!(status.canary.as_deref(), Some(canary.as_str()));
+    assert_eq!(status.policy.as_deref(), Some(v1.as_str()));
+    c.finish_pod(&pods[0].name_any(), 0, &summary(&canary, 0)).await;
+    // Then the others, for real.
+    let pods = pods_running(&c, 2).await;
+    for p in &pods {
+        assert!(!args(p).contains(&"--dry-run".to_owned()), "{:?}", args(p));
+    }
+    let job = run_to_completion(&c, &name, 1).await;
+    assert_eq!(job.status.unwrap().phase, Some(JobPhase::Completed));
+
+    // v2's canary fails: no other node runs it, and the run fails.
+    set_config(&c, &with_registry_policy(&v2, &registry)).await;
+    let images = |tag: &str| serde_json::json!({"spec": {"images": [format!("docker.io/library/busybox:{tag}")]}});
+    lists
+        .patch("imagelist", &PatchParams::default(), &Patch::Merge(&images("1.36")))
+        .await
+        .unwrap();
+    let second = next_run(&c, std::slice::from_ref(&name)).await;
+    let pods = pods_running(&c, 1).await;
+    let a = args(&pods[0]);
+    assert!(
+        a.contains(&"--dry-run".to_owned()) && a.contains(&format!("--policy={v2}")),
+        "{a:?}"
+    );
+    let canary = pods[0].spec.as_ref().unwrap().node_name.clone().unwrap();
+    c.finish_pod(&pods[0].name_any(), 1, "").await;
+    let job = finished(&c, &second).await;
+    let status = job.status.unwrap();
+    assert_eq!(status.phase, Some(JobPhase::Failed), "{status:#?}");
+    for n in status.nodes.iter().filter(|n| n.name != canary) {
+        assert_eq!(n.phase, NodePhase::Failed, "{n:?}");
+        assert!(n.message.as_deref().unwrap_or_default().contains("canary"), "{n:?}");
+        assert!(n.pod.is_none(), "{n:?} got a pod");
+    }
+    // v1 is still the last good policy: v2 gets a canary again next time.
+    lists
+        .patch("imagelist", &PatchParams::default(), &Patch::Merge(&images("1.37")))
+        .await
+        .unwrap();
+    let third = next_run(&c, &[name.clone(), second.clone()]).await;
+    let pods = pods_running(&c, 1).await;
+    assert!(args(&pods[0]).contains(&"--dry-run".to_owned()));
+    assert_eq!(
+        c.job(&third).await.status.unwrap().canary.as_deref(),
+        pods[0].spec.as_ref().unwrap().node_name.as_deref()
+    );
+}

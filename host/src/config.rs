@@ -226,6 +226,11 @@ pub struct PolicyConfig {
     /// Registries (`HOST[:PORT]`) reached over plain HTTP.
     #[serde(default)]
     pub insecure_sources: Vec<String>,
+    /// With `module`: the first node of a run with a newly vetted policy
+    /// runs it dry, and the run's other nodes start only once that pass
+    /// completes; a failed canary fails the run.
+    #[serde(default)]
+    pub canary: bool,
     /// The component's digest; workers refuse other bytes. Required with `configMap` or `path`.
     pub sha256: Option<String>,
     /// The policy's settings (JSON text).
@@ -642,6 +647,11 @@ impl Loaded {
                     FieldError::Invalid("not used with module, whose reference carries its digest".into()),
                 ));
             }
+        } else if policy.canary {
+            return Err(ConfigError::field(
+                "scour.policy.canary",
+                FieldError::Invalid("only a registry policy (scour.policy.module) is vetted and canaried".into()),
+            ));
         }
         for (field, set) in [
             ("scour.policy.configMap", policy.config_map.is_some()),
@@ -1234,6 +1244,11 @@ components:
             let err = Loaded::parse(&bad).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains("scour.policy"), "{err}");
         }
+        assert!(Loaded::parse(&module.replace("module:", "canary: true\n    module:")).is_ok());
+        let err = Loaded::parse(&good.replace("configMap: my-policy", "configMap: my-policy\n    canary: true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scour.policy.canary"), "{err}");
     }
 
     #[test]

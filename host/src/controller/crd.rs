@@ -221,6 +221,10 @@ pub struct ImageJobStatus {
     /// given, after vetting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The node that runs a newly vetted policy dry before the others start
+    /// (`scour.policy.canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
     /// Why the run failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -53,6 +53,8 @@ pub struct Prepared {
     /// Why the configured registry policy was refused, when the run keeps
     /// the last good one.
     pub policy_refused: Option<String>,
+    /// A newly vetted policy to run dry on one node first.
+    pub canary: Option<super::vet::VettedPolicy>,
 }
 
 impl Reconciler {
@@ -117,6 +119,7 @@ impl Reconciler {
             plan,
             policy,
             policy_refused,
+            canary,
             ..
         } = prepared;
         let mut status = ImageJobStatus {
@@ -160,9 +163,21 @@ impl Reconciler {
             };
             self.events.publish(event, now).await;
         }
+        let canary_node = canary.as_ref().and_then(|_| {
+            status
+                .nodes
+                .iter()
+                .find(|n| n.phase == NodePhase::Queued)
+                .map(|n| n.name.clone())
+        });
         match plan {
             Ok(plan) => {
                 self.plans.insert(name.clone(), plan);
+                if let (Some(node), Some(vetted)) = (&canary_node, canary) {
+                    tracing::info!(job = %name, node = %node, policy = %vetted.module, "a canary node runs the new policy dry first");
+                    self.canaries.insert(name.clone(), vetted);
+                    status.canary = Some(node.clone());
+                }
                 let message = format!(
                     "{}{} run started: {selected} nodes selected, {} skipped, at most {} at once",
                     if job.spec.dry_run { "dry " } else { "" },
@@ -242,7 +257,7 @@ impl Reconciler {
         let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
         let image = pods::worker_image(loaded, self.opts.worker_image.as_deref(), &self.opts.config_map);
         let worker_image = image.as_ref().ok().cloned();
-        let (mut policy, mut policy_refused) = (None, None);
+        let (mut policy, mut policy_refused, mut canary) = (None, None, None);
         let plan = match image {
             Err(e) => Err(e),
             Ok(image) => match self.exclusions(now).await {
@@ -250,6 +265,7 @@ impl Reconciler {
                     Ok(choice) => {
                         policy = choice.module().map(str::to_owned);
                         policy_refused = choice.refused;
+                        canary = choice.canary;
                         let mut plan = self.plan(loaded, image, system, user, &candidates);
                         plan.template.policy = choice.mount;
                         Ok(plan)
@@ -266,6 +282,7 @@ impl Reconciler {
             plan,
             policy,
             policy_refused,
+            canary,
         })
     }
 

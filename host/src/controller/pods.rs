@@ -174,6 +174,18 @@ pub fn pod_name(job: &str, node: &str) -> String {
 
 impl WorkerTemplate {
     pub fn pod(&self, job: &ImageJob, node: &str, node_labels: &BTreeMap<String, String>) -> Pod {
+        self.pod_dry_run(job, node, node_labels, false)
+    }
+
+    /// [`WorkerTemplate::pod`], dry whatever the run is when `dry_run` (a
+    /// canary node).
+    pub fn pod_dry_run(
+        &self,
+        job: &ImageJob,
+        node: &str,
+        node_labels: &BTreeMap<String, String>,
+        dry_run: bool,
+    ) -> Pod {
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let mut labels = self.extra_labels.clone();
         labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
@@ -194,7 +206,7 @@ impl WorkerTemplate {
             format!("--trivy-cache-dir={STATE_DIR}/trivy"),
             "--output=json".into(),
         ];
-        if job.spec.dry_run {
+        if job.spec.dry_run || dry_run {
             args.push("--dry-run".into());
         }
         let mut volumes = vec![

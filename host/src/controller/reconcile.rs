@@ -61,6 +61,9 @@ pub struct Reconciler {
     /// Worker templates of runs in flight, by ImageJob name.
     pub(super) plans: HashMap<String, Plan>,
     pub(super) events: Recorder,
+    /// Newly vetted policies whose runs' canary nodes have not finished, by
+    /// run; each becomes the last good policy once its canary succeeds.
+    pub(super) canaries: HashMap<String, super::vet::VettedPolicy>,
     /// Registry policies vetted in this term, and the verdicts that stand.
     pub(super) vetted: HashMap<super::vet::VettedPolicy, std::result::Result<(), (String, bool)>>,
     /// Writes to ImageJobs the store does not show yet, by name.
@@ -83,6 +86,7 @@ impl Reconciler {
             plans: HashMap::new(),
             events,
             vetted: HashMap::new(),
+            canaries: HashMap::new(),
             pending: BTreeMap::new(),
             wake: None,
         }

@@ -159,12 +159,36 @@ impl Reconciler {
         }
         let running = status.nodes.iter().filter(|n| n.phase == NodePhase::Running).count();
         let cap = usize::try_from(rollout.max_concurrency.max(1)).unwrap_or(usize::MAX);
-        let slots = cap.saturating_sub(running);
+        let mut slots = cap.saturating_sub(running);
+        // A canary node runs the new policy alone; the rest wait for it.
+        let canary = status.canary.clone();
+        let mut only = None;
+        if let Some(node) = &canary {
+            match status.nodes.iter().find(|n| &n.name == node).map(|n| n.phase) {
+                Some(NodePhase::Succeeded) => {
+                    if let Some(good) = self.canaries.remove(&name) {
+                        tracing::info!(job = %name, node = %node, policy = %good.module, "the canary completed; the new policy is rolled out");
+                        self.state.keep_good_policy(&good).await?;
+                    }
+                }
+                Some(NodePhase::Queued) => only = Some(node.clone()),
+                Some(NodePhase::Failed | NodePhase::Skipped) => {
+                    self.canaries.remove(&name);
+                    let message = format!("not started: the canary node {node} did not complete with the new policy");
+                    for n in status.nodes.iter_mut().filter(|n| n.phase == NodePhase::Queued) {
+                        fail(n, now, message.clone());
+                    }
+                    return Ok(None);
+                }
+                Some(NodePhase::Running) | None => slots = 0,
+            }
+        }
         let queued: Vec<usize> = status
             .nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.phase == NodePhase::Queued)
+            .filter(|(_, n)| only.as_ref().is_none_or(|c| &n.name == c))
             .map(|(i, _)| i)
             .take(slots)
             .collect();
@@ -183,7 +207,9 @@ impl Reconciler {
         for i in queued {
             let Some(n) = status.nodes.get_mut(i) else { continue };
             let labels = plan.labels.get(&n.name).cloned().unwrap_or_default();
-            let pod = plan.template.pod(job, &n.name, &labels);
+            let pod = plan
+                .template
+                .pod_dry_run(job, &n.name, &labels, canary.as_deref() == Some(n.name.as_str()));
             let pod_name = pod.name_any();
             match pods_api.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}

@@ -4,6 +4,10 @@
 //! good one in place, kept in the state ConfigMap across restarts, and the
 //! run says why in an event and its `PolicyRefused` condition. With no last
 //! good policy the run fails closed: no pod starts.
+//!
+//! With `scour.policy.canary`, a newly vetted policy runs dry on the run's
+//! first node before any other node starts, and becomes the last good one
+//! only once that pass completes.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -32,6 +36,9 @@ pub struct PolicyChoice {
     pub mount: PolicyMount,
     /// Why the configured policy was refused, when `mount` is the last good one.
     pub refused: Option<String>,
+    /// A newly vetted policy that becomes the last good one only once a
+    /// canary node has run it (`scour.policy.canary`).
+    pub canary: Option<VettedPolicy>,
 }
 
 impl PolicyChoice {
@@ -62,7 +69,11 @@ impl Reconciler {
             insecure,
         } = &mount
         else {
-            return Ok(Ok(PolicyChoice { mount, refused: None }));
+            return Ok(Ok(PolicyChoice {
+                mount,
+                refused: None,
+                canary: None,
+            }));
         };
         let wanted = VettedPolicy {
             module: module.clone(),
@@ -84,10 +95,16 @@ impl Reconciler {
         let good = self.state.good_policy().await?;
         match verdict {
             Ok(()) => {
-                if good.as_ref() != Some(&wanted) {
+                let new = good.as_ref() != Some(&wanted);
+                let canary = (new && loaded.config.scour.policy.canary).then(|| wanted.clone());
+                if new && canary.is_none() {
                     self.state.keep_good_policy(&wanted).await?;
                 }
-                Ok(Ok(PolicyChoice { mount, refused: None }))
+                Ok(Ok(PolicyChoice {
+                    mount,
+                    refused: None,
+                    canary,
+                }))
             }
             Err((why, _)) => match good.filter(|good| *good != wanted) {
                 Some(good) => Ok(Ok(PolicyChoice {
@@ -100,6 +117,7 @@ impl Reconciler {
                         "policy {} was refused, so this run keeps the last good policy {}: {why}",
                         wanted.module, good.module
                     )),
+                    canary: None,
                 })),
                 None => Ok(Err(format!(
                     "policy {} was refused and there is no earlier good policy to run: {why}",
