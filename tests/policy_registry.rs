@@ -83,6 +83,22 @@ fn push_default(cli: &Cli, reg: &Registry, extra: &[&str]) -> String {
     pinned
 }
 
+/// A container image's artifact (a tar layer, no Wasm) as `apps/web:v1`.
+fn push_container_image(reg: &Registry) -> String {
+    push_artifact(
+        reg.addr(),
+        None,
+        "apps/web",
+        "v1",
+        "application/vnd.oci.image.config.v1+json",
+        &[Layer {
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+            data: &[0; 1024],
+            title: None,
+        }],
+    )
+}
+
 #[test]
 fn a_pushed_policy_is_pulled_by_digest_and_kept_for_the_next_time() {
     let Some(mut reg) = Registry::start() else { return };
@@ -176,18 +192,7 @@ fn artifacts_that_are_not_policies_are_refused_with_what_they_are() {
         text(&o)
     };
     // A container image: a tar layer, no Wasm.
-    let image = push_artifact(
-        reg.addr(),
-        None,
-        "apps/web",
-        "v1",
-        "application/vnd.oci.image.config.v1+json",
-        &[Layer {
-            media_type: "application/vnd.oci.image.layer.v1.tar",
-            data: &[0; 1024],
-            title: None,
-        }],
-    );
+    let image = push_container_image(&reg);
     let out = check(&image, "apps/web");
     assert!(
         out.contains("is not a scour policy") && out.contains("application/vnd.oci.image.layer.v1.tar"),
@@ -307,18 +312,7 @@ fn a_worker_whose_registry_policy_cannot_be_used_removes_nothing() {
     let pinned = push_default(&cli, &reg, &[]);
     let host = reg.host();
     let (name, _) = pinned.split_once('@').unwrap();
-    let image = push_artifact(
-        reg.addr(),
-        None,
-        "apps/web",
-        "v1",
-        "application/vnd.oci.image.config.v1+json",
-        &[Layer {
-            media_type: "application/vnd.oci.image.layer.v1.tar",
-            data: &[0; 512],
-            title: None,
-        }],
-    );
+    let image = push_container_image(&reg);
     let closed = scour_testkit::trivy_server::free_port().to_string();
     for (policy, reason) in [
         (format!("{name}@sha256:{}", "0".repeat(64)), "manifest unknown"),

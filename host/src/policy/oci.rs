@@ -336,28 +336,29 @@ pub async fn pull(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
     })
 }
 
-/// [`pull`] from synchronous code, on a thread of its own so that it works
-/// inside or outside a runtime.
+/// [`pull`] from synchronous code.
 pub fn pull_blocking(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
+    block_on(r, pull(r, opts))
+}
+
+/// Runs `work` on a thread of its own with its own runtime, so that it
+/// works inside or outside a runtime.
+fn block_on<T: Send>(r: &PolicyRef, work: impl std::future::Future<Output = Result<T>> + Send) -> Result<T> {
+    let failed = |message: String| Error::Registry {
+        reference: r.to_string(),
+        message,
+    };
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| Error::Registry {
-                        reference: r.to_string(),
-                        message: format!("cannot start an I/O runtime: {e}"),
-                    })?;
-                runtime.block_on(pull(r, opts))
+                    .map_err(|e| failed(format!("cannot start an I/O runtime: {e}")))?
+                    .block_on(work)
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(Error::Registry {
-                    reference: r.to_string(),
-                    message: "the pull thread panicked".into(),
-                })
-            })
+            .unwrap_or_else(|_| Err(failed("the registry thread panicked".into())))
     })
 }
 
@@ -426,14 +427,7 @@ pub fn push_blocking(
     annotations: BTreeMap<String, String>,
     opts: &RegistryOptions,
 ) -> Result<PolicyRef> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Registry {
-            reference: r.to_string(),
-            message: format!("cannot start an I/O runtime: {e}"),
-        })?;
-    runtime.block_on(push(r, component, cases, annotations, opts))
+    block_on(r, push(r, component, cases, annotations, opts))
 }
 
 /// The manifest, when it is an image manifest and not an index.
