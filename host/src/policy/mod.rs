@@ -91,6 +91,10 @@ pub enum Error {
     CaseFailed { case: String, detail: String },
     #[error("policy digest {actual} is not the pinned {expected}")]
     PinMismatch { expected: String, actual: String },
+    /// A `registry://` reference that cannot name a policy (no digest, no
+    /// host, bad syntax).
+    #[error("{0}")]
+    Reference(String),
     /// The registry could not be reached, refused the credentials, or does
     /// not have the policy.
     #[error("cannot pull policy {reference}: {message}")]
@@ -121,6 +125,7 @@ impl Error {
             Error::CaseFailed { .. } => "case-failed",
             Error::Input(_) => "input",
             Error::PinMismatch { .. } => "pin-mismatch",
+            Error::Reference(_) => "reference",
             Error::Registry { .. } => "registry",
             Error::NotAPolicy { .. } => "not-a-policy",
         }

@@ -278,7 +278,7 @@ pub struct Pulled {
 pub async fn pull(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
     let pin = r
         .digest()
-        .ok_or_else(|| Error::Input(format!("{r} is not pinned by digest")))?
+        .ok_or_else(|| Error::Reference(format!("{r} is not pinned by digest")))?
         .to_owned();
     if let Some(cached) = opts.cache_dir.as_deref().and_then(|dir| Cached::read(dir, &pin)) {
         return Ok(Pulled {

@@ -28,9 +28,9 @@ impl PolicySource {
             return Ok(PolicySource::Embedded);
         };
         match path.to_str() {
-            Some(text) if text.starts_with(oci::SCHEME) => {
-                PolicyRef::parse(text).map(PolicySource::Registry).map_err(Error::Input)
-            }
+            Some(text) if text.starts_with(oci::SCHEME) => PolicyRef::parse(text)
+                .map(PolicySource::Registry)
+                .map_err(Error::Reference),
             _ => Ok(PolicySource::File(path)),
         }
     }
