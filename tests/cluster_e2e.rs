@@ -38,6 +38,16 @@ impl Node {
     fn has(&self, role: &str) -> bool {
         self.test.has(role)
     }
+
+    /// Runs a container of `image` in a pod sandbox `pod`, keeping it in use.
+    async fn keep_in_use(&self, pod: &str, image: &str) {
+        let sandbox = self.test.ctd.run_pod(pod).await.expect("a pod sandbox");
+        self.test
+            .ctd
+            .create_container(&sandbox, image, "api", true)
+            .await
+            .expect("a running container");
+    }
 }
 
 /// The chart applied with `values`, the Node objects, and one agent per
@@ -161,6 +171,15 @@ async fn finished_run(c: &Cluster, trigger: Trigger, n: usize, controller: &Cont
     job
 }
 
+/// What a node's report removed, image → reason.
+fn removed_with_reasons(report: &scour::controller::crd::NodeReportSpec) -> BTreeMap<&str, &str> {
+    report
+        .removed
+        .iter()
+        .map(|e| (e.image.as_str(), e.reason.as_str()))
+        .collect()
+}
+
 fn worker_logs(nodes: &[Node]) -> String {
     let mut out = String::new();
     for n in nodes {
@@ -202,12 +221,7 @@ async fn the_seed_imagelist_removes_its_images_from_every_node_and_a_prune_spare
     };
     // A running container keeps its image in use on every node.
     for n in &nodes {
-        let pod = n.test.ctd.run_pod("web").await.expect("a pod sandbox");
-        n.test
-            .ctd
-            .create_container(&pod, "myregistry.example.com/shop/api:2.4.1", "api", true)
-            .await
-            .expect("a running container");
+        n.keep_in_use("web", "myregistry.example.com/shop/api:2.4.1").await;
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -403,11 +417,7 @@ async fn an_automatic_run_scans_with_real_trivy_and_removes_what_the_default_pol
     for n in status.nodes.iter().filter(|n| n.name.starts_with("node-")) {
         let report = &reports[&n.name][0].spec;
         assert!(report.complete, "{:?}", report.incomplete);
-        let reasons: BTreeMap<&str, &str> = report
-            .removed
-            .iter()
-            .map(|e| (e.image.as_str(), e.reason.as_str()))
-            .collect();
+        let reasons = removed_with_reasons(report);
         assert!(
             reasons["docker.io/library/alpine:3.12"].starts_with("vulnerable: "),
             "{reasons:?}"
@@ -617,12 +627,7 @@ async fn the_disk_pressure_example_removes_images_on_a_cluster() {
         return;
     };
     let n = &nodes[0];
-    let pod = n.test.ctd.run_pod("shop").await.expect("a pod sandbox");
-    n.test
-        .ctd
-        .create_container(&pod, "myregistry.example.com/shop/api:2.4.1", "api", true)
-        .await
-        .expect("a running container");
+    n.keep_in_use("shop", "myregistry.example.com/shop/api:2.4.1").await;
 
     // What the policy will see: the image store's usage as containerd
     // counts it (its snapshot stats are refreshed every 10 s), and the
@@ -690,11 +695,7 @@ async fn the_disk_pressure_example_removes_images_on_a_cluster() {
     let report = &reports["node-a"][0].spec;
     assert!(report.complete, "{:?}", report.incomplete);
     assert_eq!(report.policy, digest);
-    let removed: BTreeMap<&str, &str> = report
-        .removed
-        .iter()
-        .map(|e| (e.image.as_str(), e.reason.as_str()))
-        .collect();
+    let removed = removed_with_reasons(report);
     assert_eq!(
         removed.keys().copied().collect::<Vec<_>>(),
         ["ghcr.io/example/ml-base:1.0", "registry.example.com/build/cache:pr-7"],
@@ -748,7 +749,8 @@ fn push_policy(
 
 #[tokio::test]
 async fn a_python_policy_from_a_registry_runs_on_the_cluster_and_a_policy_that_traps_is_refused_before_rollout() {
-    use scour_testkit::oci_push::{Layer, push_artifact, sha256};
+    use scour_testkit::images::sha256_digest as sha256;
+    use scour_testkit::oci_push::{Layer, push_artifact};
     let Some(registry) = scour_testkit::registry::Registry::start_with_auth("ci", "s3cret") else {
         return;
     };

@@ -6,20 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use scour_testkit::gate::{require_componentize_js, require_componentize_py};
-use scour_testkit::guests::workspace_root;
+use scour_testkit::guests::{policy_tool, workspace_root};
 
 const SCOUR: &str = env!("CARGO_BIN_EXE_scour");
 
 /// `scour` with the toolchains, a shared Rust target dir and policy cache.
 fn scour(args: &[&std::ffi::OsStr], py: &Path, js: &Path) -> Output {
-    let root = workspace_root();
-    Command::new(SCOUR)
+    policy_tool(SCOUR.as_ref(), py, js)
         .args(args)
-        .env("SCOUR_COMPONENTIZE_PY", py)
-        .env("SCOUR_COMPONENTIZE_JS", js)
-        .env("CARGO_TARGET_DIR", root.join("target/examples"))
-        .env("SCOUR_POLICY_CACHE_DIR", root.join("target/test-policy-cache"))
-        .env("SCOUR_LOG", "warn")
         .output()
         .expect("running scour")
 }

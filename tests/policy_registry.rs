@@ -121,7 +121,7 @@ fn a_pushed_policy_is_pulled_by_digest_and_kept_for_the_next_time() {
     assert!(o.status.success(), "check:\n{}", text(&o));
     let described: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let component = std::fs::read(default_policy_path()).unwrap();
-    assert_eq!(described["digest"], scour_testkit::oci_push::sha256(&component));
+    assert_eq!(described["digest"], scour_testkit::images::sha256_digest(&component));
     assert_eq!(described["origin"], pinned.as_str());
     // The registry's cases run from the artifact, as the controller runs them.
     let o = cli.run(&[

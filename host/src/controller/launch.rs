@@ -48,8 +48,6 @@ pub struct Prepared {
     pub candidates: Vec<Candidate>,
     pub worker_image: Option<String>,
     pub plan: Result<Plan>,
-    /// The registry policy the workers pull, after vetting.
-    pub policy: Option<String>,
     /// Why the configured registry policy was refused, when the run keeps
     /// the last good one.
     pub policy_refused: Option<String>,
@@ -117,14 +115,17 @@ impl Reconciler {
         let Prepared {
             candidates,
             plan,
-            policy,
             policy_refused,
             canary,
             ..
         } = prepared;
         let mut status = ImageJobStatus {
             phase: Some(JobPhase::Running),
-            policy,
+            policy: plan
+                .as_ref()
+                .ok()
+                .and_then(|p| p.template.policy.module())
+                .map(str::to_owned),
             start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
             nodes: candidates
                 .iter()
@@ -257,13 +258,12 @@ impl Reconciler {
         let candidates = nodes::select(&Api::<Node>::all(self.client.clone()), loaded, &self.opts.config_map).await?;
         let image = pods::worker_image(loaded, self.opts.worker_image.as_deref(), &self.opts.config_map);
         let worker_image = image.as_ref().ok().cloned();
-        let (mut policy, mut policy_refused, mut canary) = (None, None, None);
+        let (mut policy_refused, mut canary) = (None, None);
         let plan = match image {
             Err(e) => Err(e),
             Ok(image) => match self.exclusions(now).await {
                 Ok((system, user)) => match self.choose_policy(loaded, now).await? {
                     Ok(choice) => {
-                        policy = choice.module().map(str::to_owned);
                         policy_refused = choice.refused;
                         canary = choice.canary;
                         let mut plan = self.plan(loaded, image, system, user, &candidates);
@@ -280,7 +280,6 @@ impl Reconciler {
             candidates,
             worker_image,
             plan,
-            policy,
             policy_refused,
             canary,
         })

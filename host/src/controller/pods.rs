@@ -77,6 +77,16 @@ pub enum PolicyMount {
     },
 }
 
+impl PolicyMount {
+    /// The registry reference workers pull, for a registry policy.
+    pub fn module(&self) -> Option<&str> {
+        match self {
+            PolicyMount::Registry { module, .. } => Some(module),
+            _ => None,
+        }
+    }
+}
+
 /// The worker image from the config, unless it is unset or names one of
 /// Eraser's images (an Eraser config carried over unchanged).
 pub fn worker_image(loaded: &Loaded, fallback: Option<&str>, config_map: &str) -> Result<String> {

@@ -41,16 +41,6 @@ pub struct PolicyChoice {
     pub canary: Option<VettedPolicy>,
 }
 
-impl PolicyChoice {
-    /// The registry reference the run's workers pull, if any.
-    pub fn module(&self) -> Option<&str> {
-        match &self.mount {
-            PolicyMount::Registry { module, .. } => Some(module),
-            _ => None,
-        }
-    }
-}
-
 impl Reconciler {
     /// The policy a run starts with. Anything but a registry policy is
     /// passed through (a ConfigMap or baked-in policy is pinned and checked

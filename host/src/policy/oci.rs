@@ -91,6 +91,22 @@ impl PolicyRef {
         &self.reference
     }
 
+    /// The registry could not be asked, or refused.
+    fn registry_error(&self, message: impl Into<String>) -> Error {
+        Error::Registry {
+            reference: self.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// What the registry holds there is not a policy.
+    fn not_a_policy(&self, message: impl Into<String>) -> Error {
+        Error::NotAPolicy {
+            reference: self.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// The same place pinned to `digest`.
     pub fn pinned(&self, digest: &str) -> Self {
         let reference = match self.reference.tag() {
@@ -162,14 +178,12 @@ impl RegistryOptions {
     /// for it, else anonymous.
     pub fn credentials(&self, host: &str) -> Result<RegistryAuth> {
         for (origin, bytes) in &self.auth {
-            let config = DockerConfig::parse(bytes).map_err(|message| Error::Registry {
+            let unusable = |message: String| Error::Registry {
                 reference: host.to_owned(),
                 message: format!("registry credentials {origin}: {message}"),
-            })?;
-            if let Some(auth) = config.for_host(host).map_err(|message| Error::Registry {
-                reference: host.to_owned(),
-                message: format!("registry credentials {origin}: {message}"),
-            })? {
+            };
+            let config = DockerConfig::parse(bytes).map_err(unusable)?;
+            if let Some(auth) = config.for_host(host).map_err(unusable)? {
                 return Ok(auth);
             }
         }
@@ -288,10 +302,6 @@ pub async fn pull(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
             from_cache: true,
         });
     }
-    let registry_error = |message: String| Error::Registry {
-        reference: r.to_string(),
-        message,
-    };
     let auth = opts.credentials(r.host())?;
     let client = opts.client();
     let accepted = [
@@ -303,7 +313,7 @@ pub async fn pull(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
     let (manifest_bytes, _) = client
         .pull_manifest_raw(r.reference(), &auth, &accepted)
         .await
-        .map_err(|e| registry_error(describe(&e)))?;
+        .map_err(|e| r.registry_error(describe(&e)))?;
     let actual = digest_of(&manifest_bytes);
     if actual != pin {
         return Err(Error::PinMismatch { expected: pin, actual });
@@ -319,10 +329,8 @@ pub async fn pull(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
         .enumerate()
     {
         let bytes = pull_blob(&client, r, layer, MAX_CASES_BYTES).await?;
-        let text = String::from_utf8(bytes).map_err(|_| Error::NotAPolicy {
-            reference: r.to_string(),
-            message: format!("golden-case layer {} is not UTF-8 text", layer.digest),
-        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| r.not_a_policy(format!("golden-case layer {} is not UTF-8 text", layer.digest)))?;
         cases.push((case_title(layer, i), text));
     }
     if let Some(dir) = &opts.cache_dir {
@@ -344,21 +352,17 @@ pub fn pull_blocking(r: &PolicyRef, opts: &RegistryOptions) -> Result<Pulled> {
 /// Runs `work` on a thread of its own with its own runtime, so that it
 /// works inside or outside a runtime.
 fn block_on<T: Send>(r: &PolicyRef, work: impl std::future::Future<Output = Result<T>> + Send) -> Result<T> {
-    let failed = |message: String| Error::Registry {
-        reference: r.to_string(),
-        message,
-    };
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| failed(format!("cannot start an I/O runtime: {e}")))?
+                    .map_err(|e| r.registry_error(format!("cannot start an I/O runtime: {e}")))?
                     .block_on(work)
             })
             .join()
-            .unwrap_or_else(|_| Err(failed("the registry thread panicked".into())))
+            .unwrap_or_else(|_| Err(r.registry_error("the registry thread panicked")))
     })
 }
 
@@ -371,10 +375,6 @@ pub async fn push(
     annotations: BTreeMap<String, String>,
     opts: &RegistryOptions,
 ) -> Result<PolicyRef> {
-    let registry_error = |message: String| Error::Registry {
-        reference: r.to_string(),
-        message,
-    };
     let mut layers = vec![ImageLayer::new(
         component.to_vec(),
         COMPONENT_MEDIA_TYPE.to_owned(),
@@ -399,11 +399,11 @@ pub async fn push(
     client
         .push(r.reference(), &layers, config, &auth, Some(manifest))
         .await
-        .map_err(|e| registry_error(describe(&e)))?;
+        .map_err(|e| r.registry_error(describe(&e)))?;
     let digest = client
         .fetch_manifest_digest(r.reference(), &auth)
         .await
-        .map_err(|e| registry_error(format!("pushed, but reading back its digest failed: {}", describe(&e))))?;
+        .map_err(|e| r.registry_error(format!("pushed, but reading back its digest failed: {}", describe(&e))))?;
     let pinned = r.pinned(&digest);
     // Read back what the registry now serves, as a worker will.
     let check = RegistryOptions {
@@ -412,9 +412,7 @@ pub async fn push(
     };
     let pulled = pull(&pinned, &check).await?;
     if pulled.component != component {
-        return Err(registry_error(
-            "the registry serves other bytes than were pushed".into(),
-        ));
+        return Err(r.registry_error("the registry serves other bytes than were pushed"));
     }
     Ok(pinned)
 }
@@ -432,18 +430,12 @@ pub fn push_blocking(
 
 /// The manifest, when it is an image manifest and not an index.
 fn policy_manifest(r: &PolicyRef, bytes: &[u8]) -> Result<OciImageManifest> {
-    let not_a_policy = |message: String| Error::NotAPolicy {
-        reference: r.to_string(),
-        message,
-    };
     let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| not_a_policy(format!("its manifest is not JSON: {e}")))?;
+        serde_json::from_slice(bytes).map_err(|e| r.not_a_policy(format!("its manifest is not JSON: {e}")))?;
     if value.get("manifests").is_some() {
-        return Err(not_a_policy(
-            "it is an image index (a multi-platform image), not a policy artifact".into(),
-        ));
+        return Err(r.not_a_policy("it is an image index (a multi-platform image), not a policy artifact"));
     }
-    serde_json::from_value(value).map_err(|e| not_a_policy(format!("its manifest is not an OCI image manifest: {e}")))
+    serde_json::from_value(value).map_err(|e| r.not_a_policy(format!("its manifest is not an OCI image manifest: {e}")))
 }
 
 /// The one component layer.
@@ -453,40 +445,28 @@ fn component_layer<'a>(r: &PolicyRef, manifest: &'a OciImageManifest) -> Result<
         (Some(layer), None) => Ok(layer),
         (None, _) => {
             let types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
-            Err(Error::NotAPolicy {
-                reference: r.to_string(),
-                message: format!(
-                    "it has no {COMPONENT_MEDIA_TYPE} layer (config {}, layers {types:?}); \
+            Err(r.not_a_policy(format!(
+                "it has no {COMPONENT_MEDIA_TYPE} layer (config {}, layers {types:?}); \
                      publish policies with `scour policy push`",
-                    manifest.config.media_type
-                ),
-            })
+                manifest.config.media_type
+            )))
         }
-        (Some(_), Some(_)) => Err(Error::NotAPolicy {
-            reference: r.to_string(),
-            message: format!("it has more than one {COMPONENT_MEDIA_TYPE} layer"),
-        }),
+        (Some(_), Some(_)) => Err(r.not_a_policy(format!("it has more than one {COMPONENT_MEDIA_TYPE} layer"))),
     }
 }
 
 async fn pull_blob(client: &Client, r: &PolicyRef, layer: &OciDescriptor, max: i64) -> Result<Vec<u8>> {
     if !(0..=max).contains(&layer.size) {
-        return Err(Error::NotAPolicy {
-            reference: r.to_string(),
-            message: format!(
-                "its {} layer is {} bytes; at most {max} are accepted",
-                layer.media_type, layer.size
-            ),
-        });
+        return Err(r.not_a_policy(format!(
+            "its {} layer is {} bytes; at most {max} are accepted",
+            layer.media_type, layer.size
+        )));
     }
     let mut out = Vec::with_capacity(usize::try_from(layer.size).unwrap_or_default());
     client
         .pull_blob(r.reference(), layer, &mut out)
         .await
-        .map_err(|e| Error::Registry {
-            reference: r.to_string(),
-            message: format!("pulling layer {}: {}", layer.digest, describe(&e)),
-        })?;
+        .map_err(|e| r.registry_error(format!("pulling layer {}: {}", layer.digest, describe(&e))))?;
     let actual = digest_of(&out);
     if actual != layer.digest {
         return Err(Error::PinMismatch {

@@ -88,21 +88,8 @@ pub fn require_componentize_js() -> Option<PathBuf> {
 }
 
 /// A real OCI registry (distribution 2.8, Debian's `docker-registry`):
-/// `$SCOUR_REGISTRY`, else `docker-registry` on PATH (installed by `just setup`).
-pub fn find_registry() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SCOUR_REGISTRY").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "SCOUR_REGISTRY={} does not exist", path.display());
-        return Some(path);
-    }
-    on_path("docker-registry")
-}
-
-/// The real registry, or a skip (a failure in CI).
+/// `$SCOUR_REGISTRY`, else `docker-registry` on PATH (installed by `just
+/// setup`); or a skip (a failure in CI).
 pub fn require_registry() -> Option<PathBuf> {
-    let found = find_registry();
-    if found.is_none() {
-        skip("needs docker-registry (run just setup)");
-    }
-    found
+    require_tool("SCOUR_REGISTRY", "bin/docker-registry", "docker-registry")
 }

@@ -88,6 +88,20 @@ pub fn default_policy_path() -> PathBuf {
     guest_target_dir().join("wasm32-wasip2/guest/scour_default_policy.wasm")
 }
 
+/// `scour` for building and testing policies: the Python and JS
+/// toolchains, one Rust target dir and one compiled-policy cache for every
+/// test, warnings only.
+pub fn policy_tool(scour: &Path, py: &Path, js: &Path) -> Command {
+    let root = workspace_root();
+    let mut cmd = Command::new(scour);
+    cmd.env("SCOUR_COMPONENTIZE_PY", py)
+        .env("SCOUR_COMPONENTIZE_JS", js)
+        .env("CARGO_TARGET_DIR", root.join("target/examples"))
+        .env("SCOUR_POLICY_CACHE_DIR", root.join("target/test-policy-cache"))
+        .env("SCOUR_LOG", "warn");
+    cmd
+}
+
 /// A guest example (`guest-examples/NAME`) built by `scour` (`policy build`)
 /// into `target/policy-examples/NAME.wasm`, once per process, one builder at
 /// a time across test processes. `None` when the Python and JS toolchains
@@ -108,16 +122,11 @@ pub fn example_policy(scour: &Path, name: &str) -> Option<PathBuf> {
     let lock = std::fs::File::create(out_dir.join(format!("{name}.lock"))).unwrap();
     lock.lock().unwrap();
     let out = out_dir.join(format!("{name}.wasm"));
-    let o = Command::new(scour)
+    let o = policy_tool(scour, &py, &js)
         .args(["policy", "build"])
         .arg(root.join("guest-examples").join(name))
         .arg("--out")
         .arg(&out)
-        .env("SCOUR_COMPONENTIZE_PY", py)
-        .env("SCOUR_COMPONENTIZE_JS", js)
-        .env("CARGO_TARGET_DIR", root.join("target/examples"))
-        .env("SCOUR_POLICY_CACHE_DIR", root.join("target/test-policy-cache"))
-        .env("SCOUR_LOG", "warn")
         .output()
         .expect("running scour policy build");
     assert!(

@@ -197,21 +197,9 @@ impl Registry {
     /// The HTTP status of `GET path` (e.g. `/v2/`), with its credentials
     /// when `authenticated` (and it has any). One request, no redirects.
     pub fn status(&self, path: &str, authenticated: bool) -> io::Result<u16> {
-        let mut conn = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let auth = match self.basic_auth() {
-            Some(value) if authenticated => format!("Authorization: {value}\r\n"),
-            _ => String::new(),
-        };
-        conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n{auth}\r\n", self.addr).as_bytes())?;
-        let mut answer = Vec::new();
-        conn.read_to_end(&mut answer)?;
-        let answer = String::from_utf8_lossy(&answer);
-        answer
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP answer: {answer:?}")))
+        let auth = self.basic_auth().filter(|_| authenticated);
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        http(self.addr, "GET", path, &headers, b"").map(|r| r.status)
     }
 
     /// Stops it (SIGTERM, then SIGKILL after 5 s) and waits for it.
@@ -227,6 +215,75 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// An HTTP answer: status, headers, body.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.0 request to a registry (the answer ends with the
+/// connection), for tests that talk to it below any OCI client.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {target} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)?;
+    let invalid = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} in {:?}", String::from_utf8_lossy(&answer)),
+        )
+    };
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| invalid("no end of headers"))?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .filter(|l| l.starts_with("HTTP/1."))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| invalid("no status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: answer[split + 4..].to_vec(),
+    })
 }
 
 /// `Basic base64(user:password)`, an `Authorization` header value.
