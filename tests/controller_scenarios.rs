@@ -167,7 +167,13 @@ async fn an_automatic_run_creates_pods_only_on_selected_nodes_within_the_concurr
     let Some(c) = cluster(all, CONFIG).await else { return };
 
     let name = first_run(&c).await;
-    let job = c.job(&name).await;
+    // The run exists a moment before its status is written.
+    let job = c
+        .eventually("the run's status", || async {
+            let job = c.job(&name).await;
+            job.status.is_some().then_some(job)
+        })
+        .await;
     assert_eq!(job.spec.trigger, Trigger::Automatic);
     let status = job.status.unwrap();
     assert_eq!(
