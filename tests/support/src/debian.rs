@@ -15,6 +15,8 @@
 //! debian/bookworm-minbase/        the root filesystem (~210 MB)
 //! debian/bookworm-minbase.tar     its layer tar (~210 MB)
 //! debian/bookworm-minbase.json    diff id, size and build times (written last)
+//! debian/bookworm-minbase.tar.gz  the tar gzip-compressed (`gzip -n`, ~75 MB), on first use
+//! debian/bookworm-minbase.tar.gz.sha256  its digest and size
 //! debian/bookworm-minbase.lock    flock: one builder at a time, across processes
 //! debian/bookworm-minbase.log     debootstrap's output
 //! ```
@@ -25,9 +27,11 @@
 //! that looks finished (the next builder removes its leftovers).
 //!
 //! The images ([`base_image`], [`variant_image`], [`language_image`]) use the
-//! cached tar as a [`Layer::from_tar_file`] layer: it is streamed from disk
-//! when an image is written, never rebuilt or held in memory, and variants
-//! share it (N variants = N image ids, one 200 MB layer).
+//! cached tar as a [`Layer::from_tar_file`] layer held gzip-compressed, as
+//! an image pulled from a registry holds its layers (so a scan pays for
+//! decompressing it, as on a real node): it is streamed from disk when an
+//! image is written, never rebuilt or held in memory, and variants share it
+//! (N variants = N image ids, one 200 MB layer).
 //!
 //! Tests gate on [`require_debian`] (root, debootstrap and a reachable
 //! mirror, unless the cache is already built): it skips loudly locally and
@@ -283,9 +287,17 @@ impl Rootfs {
         &self.tar
     }
 
-    /// The tar as a layer, with `created_by` naming the debootstrap run.
+    /// The tar as a layer held gzip-compressed, as an image pulled from a
+    /// registry holds it, with `created_by` naming the debootstrap run.
     pub fn layer(&self) -> Layer {
-        let mut layer = Layer::from_tar_file(self.tar.clone());
+        static GZIPPED: OnceLock<TarFile> = OnceLock::new();
+        let tar = GZIPPED.get_or_init(|| {
+            self.tar
+                .clone()
+                .gzipped()
+                .unwrap_or_else(|e| panic!("compressing {}: {e}", self.tar.path.display()))
+        });
+        let mut layer = Layer::from_tar_file(tar.clone());
         layer.created_by = Some(format!("debootstrap --variant={VARIANT} {SUITE} / {}", self.mirror));
         layer
     }
@@ -442,6 +454,7 @@ impl Paths {
                 path: self.tar.clone(),
                 size,
                 diff_id,
+                gzip: None,
             },
             mirror: meta["mirror"].as_str().unwrap_or_default().to_owned(),
             debootstrap_seconds: meta["debootstrap_seconds"].as_f64().unwrap_or_default(),

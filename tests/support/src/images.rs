@@ -36,6 +36,7 @@ pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// containerd's index annotation naming the image on import.
 pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 /// The OCI index annotation holding the tag.
@@ -72,11 +73,17 @@ pub struct File {
 /// An uncompressed layer tar on disk: its path, size and diff id
 /// (`sha256:<hex>` of its bytes), which the caller vouches for (see
 /// [`TarFile::hash`]). Writers check the size before streaming it.
+///
+/// With `gzip` (see [`TarFile::gzipped`]) the image holds the layer
+/// compressed, as an image pulled from a registry does: that file (whose
+/// `diff_id` is the compressed blob's digest) is the blob, and this one's
+/// digest stays the diff id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TarFile {
     pub path: PathBuf,
     pub size: u64,
     pub diff_id: String,
+    pub gzip: Option<Box<TarFile>>,
 }
 
 impl TarFile {
@@ -89,7 +96,66 @@ impl TarFile {
             path: path.to_owned(),
             size,
             diff_id,
+            gzip: None,
         })
+    }
+
+    /// This layer, held gzip-compressed: `<path>.gz` (made with `gzip -n`,
+    /// which is deterministic, on first use and kept beside the tar with its
+    /// digest in `<path>.gz.sha256`).
+    pub fn gzipped(self) -> io::Result<Self> {
+        let gz = PathBuf::from(format!("{}.gz", self.path.display()));
+        let record = PathBuf::from(format!("{}.gz.sha256", self.path.display()));
+        let recorded = fs::read_to_string(&record).ok().and_then(|text| {
+            let (digest, size) = text.trim().split_once(' ')?;
+            let size: u64 = size.parse().ok()?;
+            let fits = fs::metadata(&gz).is_ok_and(|m| m.len() == size) && digest.starts_with("sha256:");
+            fits.then(|| (digest.to_owned(), size))
+        });
+        let (digest, size) = match recorded {
+            Some(found) => found,
+            None => {
+                let tmp = temp_sibling(&gz);
+                let status = std::process::Command::new("gzip")
+                    .args(["-n", "-c"])
+                    .arg(&self.path)
+                    .stdout(fs::File::create(&tmp)?)
+                    .status()?;
+                if !status.success() {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io::Error::other(format!(
+                        "gzip {} failed: {status}",
+                        self.path.display()
+                    )));
+                }
+                fs::rename(&tmp, &gz)?;
+                let hashed = Self::hash(&gz)?;
+                write_atomic(&record, format!("{} {}", hashed.diff_id, hashed.size).as_bytes())?;
+                (hashed.diff_id, hashed.size)
+            }
+        };
+        Ok(Self {
+            gzip: Some(Box::new(Self {
+                path: gz,
+                size,
+                diff_id: digest,
+                gzip: None,
+            })),
+            ..self
+        })
+    }
+
+    /// The file the image holds as this layer's blob.
+    fn blob(&self) -> &TarFile {
+        self.gzip.as_deref().unwrap_or(self)
+    }
+
+    fn media_type(&self) -> &'static str {
+        if self.gzip.is_some() {
+            MEDIA_TYPE_LAYER_GZIP
+        } else {
+            MEDIA_TYPE_LAYER
+        }
     }
 
     /// Opens the file, checking that its size is still [`TarFile::size`].
@@ -295,12 +361,12 @@ impl TestImage {
             .map(|l| if l.tar_file.is_some() { Vec::new() } else { l.tar() })
             .collect();
         let layer_files: Vec<Option<TarFile>> = self.layers.iter().map(|l| l.tar_file.clone()).collect();
-        let blobs: Vec<(String, u64)> = layers
+        let diff_ids: Vec<String> = layers
             .iter()
             .zip(&layer_files)
             .map(|(bytes, file)| match file {
-                Some(t) => (t.diff_id.clone(), t.size),
-                None => (sha256_digest(bytes), bytes.len() as u64),
+                Some(t) => t.diff_id.clone(),
+                None => sha256_digest(bytes),
             })
             .collect();
         let mut config = serde_json::Map::new();
@@ -330,7 +396,6 @@ impl TestImage {
                 }
             })
             .collect();
-        let diff_ids: Vec<&String> = blobs.iter().map(|(digest, _)| digest).collect();
         let config = to_json(&json!({
             "architecture": "amd64",
             "config": config,
@@ -342,7 +407,10 @@ impl TestImage {
         let descriptor = |media_type: &str, digest: &str, size: u64| json!({"digest": digest, "mediaType": media_type, "size": size});
         let manifest = to_json(&json!({
             "config": descriptor(MEDIA_TYPE_CONFIG, &sha256_digest(&config), config.len() as u64),
-            "layers": blobs.iter().map(|(digest, size)| descriptor(MEDIA_TYPE_LAYER, digest, *size)).collect::<Vec<_>>(),
+            "layers": layers.iter().zip(&layer_files).zip(&diff_ids).map(|((bytes, file), diff_id)| match file {
+                Some(t) => descriptor(t.media_type(), &t.blob().diff_id, t.blob().size),
+                None => descriptor(MEDIA_TYPE_LAYER, diff_id, bytes.len() as u64),
+            }).collect::<Vec<_>>(),
             "mediaType": MEDIA_TYPE_MANIFEST,
             "schemaVersion": 2,
         }));
@@ -396,7 +464,7 @@ impl BuiltImage {
         (0..self.layers.len()).map(|i| self.layer_digest(i)).collect()
     }
 
-    /// `sha256:<hex>` of layer `i` (its diff id; layers are uncompressed).
+    /// `sha256:<hex>` of layer `i` uncompressed: its diff id.
     pub fn layer_digest(&self, i: usize) -> String {
         match &self.layer_files[i] {
             Some(t) => t.diff_id.clone(),
@@ -404,10 +472,19 @@ impl BuiltImage {
         }
     }
 
-    /// Size in bytes of layer `i`.
+    /// The digest of layer `i`'s blob as the image holds it: its diff id,
+    /// or the compressed file's digest for a [`TarFile::gzipped`] layer.
+    pub fn layer_blob_digest(&self, i: usize) -> String {
+        match &self.layer_files[i] {
+            Some(t) => t.blob().diff_id.clone(),
+            None => self.layer_digest(i),
+        }
+    }
+
+    /// Size in bytes of layer `i`'s blob (compressed, when it is).
     pub fn layer_size(&self, i: usize) -> u64 {
         match &self.layer_files[i] {
-            Some(t) => t.size,
+            Some(t) => t.blob().size,
             None => self.layers[i].len() as u64,
         }
     }
@@ -415,7 +492,7 @@ impl BuiltImage {
     /// Layer `i` as a blob to write.
     fn layer_blob(&self, i: usize) -> Blob<'_> {
         match &self.layer_files[i] {
-            Some(t) => Blob::File(t),
+            Some(t) => Blob::File(t.blob()),
             None => Blob::Bytes(&self.layers[i]),
         }
     }
@@ -567,8 +644,13 @@ fn write_docker_archive_to<W: Write>(built: &BuiltImage, tar: &mut TarWriter<W>)
         "RepoTags": built.refs,
     }]));
     let mut files: BTreeMap<String, Blob<'_>> = BTreeMap::new();
+    // A docker archive holds its layers uncompressed, as `docker save` does.
     for (i, name) in layer_names.iter().enumerate() {
-        files.insert(name.clone(), built.layer_blob(i));
+        let blob = match &built.layer_files[i] {
+            Some(t) => Blob::File(t),
+            None => Blob::Bytes(&built.layers[i]),
+        };
+        files.insert(name.clone(), blob);
     }
     files.insert(config_name, Blob::Bytes(&built.config));
     files.insert("manifest.json".into(), Blob::Bytes(&manifest));
@@ -649,7 +731,7 @@ impl OciLayout {
             let blob_path = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
             files.insert(blob_path(&image.image_id()), Blob::Bytes(&image.config));
             for i in 0..image.layers.len() {
-                files.insert(blob_path(&image.layer_digest(i)), image.layer_blob(i));
+                files.insert(blob_path(&image.layer_blob_digest(i)), image.layer_blob(i));
             }
             files.insert(blob_path(&image.manifest_digest()), Blob::Bytes(&image.manifest));
             let entry = |name: &str, ref_name: &str| {
