@@ -225,7 +225,8 @@ fn dry_run_removes_nothing_and_says_what_it_would() {
 #[test]
 fn a_failed_scan_is_kept_by_default_and_removed_with_delete_failed_images() {
     let Some(mut node) = TestNode::start() else { return };
-    // Trivy 0.76 panics reading this image from containerd.
+    // Trivy 0.76 panics reading this image through containerd's export (a
+    // history entry without `created`); read in place, it scans fine.
     node.import(vec![
         (
             "broken",
@@ -233,7 +234,12 @@ fn a_failed_scan_is_kept_by_default_and_removed_with_delete_failed_images() {
         ),
         ("clean", clean("localhost/test/clean:1", "clean")),
     ]);
-    let run = node.worker(scour()).run();
+    let run = node.worker(scour()).arg("--dry-run").run();
+    assert_eq!(run.status(), "ok", "{}", run.stderr());
+    assert_verdict(&run, &node, "broken", "would-remove", "vulnerable");
+    let _ = std::fs::remove_dir_all(node.state_dir());
+
+    let run = node.worker(scour()).args(["--read-layers", "export"]).run();
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     assert_eq!(run.status(), "degraded");
     assert_verdict(&run, &node, "broken", "kept", "scan-failed: trivy exited with status 2");
@@ -244,7 +250,12 @@ fn a_failed_scan_is_kept_by_default_and_removed_with_delete_failed_images() {
     assert_eq!(failures[0]["images"], 1);
 
     let settings = node.file("delete-failed.json", r#"{"deleteFailedImages": true}"#);
-    let run = node.worker(scour()).arg("--settings").arg(&settings).run();
+    let run = node
+        .worker(scour())
+        .args(["--read-layers", "export"])
+        .arg("--settings")
+        .arg(&settings)
+        .run();
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     assert_verdict(&run, &node, "broken", "removed", "scan-failed");
     assert!(!node.has("broken"));
@@ -339,6 +350,9 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
         run
     };
 
+    // Small images keep the scan's report, turned into an SBOM at the first
+    // match (a large image's is made in the same pass, see the real-sized
+    // scenario).
     let first = pass();
     let after_first = image_reads();
     assert!(after_first >= 2, "clean and eol were analysed: {after_first}");
@@ -347,7 +361,7 @@ fn after_a_db_update_a_pass_matches_kept_analyses_without_reading_any_image() {
     let analyses = node.state_dir().join("analyses");
     let kept = |role: &str, suffix: &str| analyses.join(format!("{}{suffix}", node.id(role).replace(':', "-")));
     assert!(
-        kept("clean", ".trivy.json").is_file(),
+        kept("clean", ".trivy.json").is_file() && !kept("clean", ".cdx.json").exists(),
         "the first scan keeps clean's analysis in {}",
         analyses.display()
     );
@@ -473,18 +487,24 @@ fn real_sized_debian_images_are_analysed_once_and_rematched_after_a_db_update() 
     let first = pass();
     let reads = image_reads();
     assert!(reads >= 3, "base, app and lang were analysed: {reads}");
+    assert_eq!(
+        first.summary("layersReadInPlace"),
+        first.summary("trivyRuns"),
+        "every image's layers were read where containerd keeps them"
+    );
     for role in ["base", "app", "lang"] {
         assert_verdict(&first, &node, role, "kept", "clean");
     }
-    let analysis = std::fs::read_to_string(
+    // A large image's analysis is an SBOM from its first pass on.
+    let kept = |suffix: &str| {
         node.state_dir()
             .join("analyses")
-            .join(format!("{}.trivy.json", node.id("app").replace(':', "-"))),
-    )
-    .unwrap();
+            .join(format!("{}{suffix}", node.id("app").replace(':', "-")))
+    };
+    let analysis = std::fs::read_to_string(kept(".cdx.json")).unwrap();
     assert!(
-        analysis.contains("\"libc6\""),
-        "the kept analysis lists the image's Debian packages"
+        analysis.contains("\"libc6\"") && !kept(".trivy.json").exists(),
+        "the kept SBOM lists the image's Debian packages"
     );
 
     // The DB is republished with an advisory on the glibc these images carry.
@@ -506,11 +526,107 @@ fn real_sized_debian_images_are_analysed_once_and_rematched_after_a_db_update() 
         assert_verdict(&second, &node, role, "removed", "vulnerable");
         assert!(!node.has(role));
     }
+    // Sizes as CRI reports them: content held, the base layer compressed.
+    let held: u64 = ["base", "app", "lang"]
+        .iter()
+        .map(|role| node.images[*role].content_size())
+        .sum();
     let removed = second.summary("bytesFreed");
+    assert_eq!(removed, held, "three real-sized images were removed");
+    assert!(held > 3 * 50_000_000, "{held} bytes");
+}
+
+#[test]
+fn layers_are_read_where_containerd_keeps_them_and_through_the_export_when_they_cannot_be() {
+    let Some(mut node) = TestNode::start() else { return };
+    node.import(vec![
+        ("vulnerable", vulnerable("localhost/test/vulnerable:1", "vulnerable")),
+        ("clean", clean("localhost/test/clean:1", "clean")),
+    ]);
+    // A docker archive import gives no repo digest to find a manifest by.
+    let archived = node
+        .ctd
+        .import_docker_archive(&vulnerable("localhost/test/archived:1", "archived"))
+        .unwrap();
+    node.images.insert("archived".into(), archived);
+    let verdicts = |run: &Run| {
+        assert_eq!(run.code(), Some(0), "{}", run.stderr());
+        assert_eq!(run.status(), "ok", "{}", run.stderr());
+        assert_verdict(run, &node, "vulnerable", "would-remove", "vulnerable");
+        assert_verdict(run, &node, "archived", "would-remove", "vulnerable");
+        assert_verdict(run, &node, "clean", "kept", "clean");
+    };
+    let fresh_pass = |trivy: &Path, extra: &[&str]| {
+        let _ = std::fs::remove_dir_all(node.state_dir());
+        node.worker(scour())
+            .arg("--trivy")
+            .arg(trivy)
+            .arg("--dry-run")
+            .args(extra)
+            .run()
+    };
+    // A fresh pass through a Trivy wrapper: the run, its `trivy image`
+    // calls, and how many read in place and through the export.
+    let recorded_pass = |wrapper: fn(&Path, &Path) -> PathBuf, extra: &[&str]| {
+        let (trivy, calls) = node.recording_trivy(wrapper);
+        let run = fresh_pass(&trivy, extra);
+        let made = calls();
+        let count = |flag: &str| made.iter().filter(|c| c.contains(flag)).count();
+        let split = (count("--input"), count("--image-src containerd"));
+        (run, made, split)
+    };
+
+    // In place for every image with a manifest in the content store (the
+    // pause image too); through the export for the archived one.
+    let (run, made, split) = recorded_pass(scour_testkit::fake_trivy::counting_trivy, &[]);
+    verdicts(&run);
+    assert_eq!(split, (3, 1), "{made:#?}");
+    assert_eq!(run.summary("trivyRuns"), 4);
+    assert_eq!(run.summary("layersReadInPlace"), 3);
+    let archived_call = made.iter().find(|c| c.contains("--image-src")).unwrap();
+    assert!(archived_call.ends_with("localhost/test/archived:1"), "{archived_call}");
+
+    // --read-layers export: Eraser's way for every image, the same verdicts.
+    let (run, made, split) = recorded_pass(scour_testkit::fake_trivy::counting_trivy, &["--read-layers", "export"]);
+    verdicts(&run);
+    assert_eq!(split, (0, 4), "{made:#?}");
+    assert_eq!(run.summary("layersReadInPlace"), 0);
+
+    // A layout Trivy cannot open costs a retry through the export, not the
+    // scan; the reason is logged.
+    let (run, made, split) = recorded_pass(scour_testkit::fake_trivy::layout_refusing_trivy, &[]);
+    verdicts(&run);
+    assert_eq!(split, (3, 4), "{made:#?}");
+    assert_eq!(run.summary("layersReadInPlace"), 0);
+    assert_eq!(run.summary("trivyRuns"), 7);
     assert!(
-        removed > 3 * 150_000_000,
-        "three real-sized images were removed: {removed} bytes"
+        run.stderr()
+            .contains("reading the layers in place failed; trying containerd's export")
+            && run.stderr().contains("unable to open the layout as an OCI Image"),
+        "{}",
+        run.stderr()
     );
+
+    // Blobs the runtime discarded after unpacking (containerd's
+    // discard_unpacked_layers): no layout for that image, the export's own
+    // error, and the image kept.
+    let blob = node.ctd.content_blob(&node.images["clean"].layer_blob_digest(0));
+    std::fs::remove_file(&blob).unwrap();
+    let (run, made, split) = recorded_pass(scour_testkit::fake_trivy::counting_trivy, &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    assert_eq!(run.status(), "degraded", "{}", run.stderr());
+    assert_eq!(
+        split,
+        (2, 3),
+        "clean through the export by digest, then by tag: {made:#?}"
+    );
+    assert!(
+        made.iter()
+            .any(|c| c.ends_with("localhost/test/clean:1") && c.contains("--image-src")),
+        "clean went through the export: {made:#?}"
+    );
+    assert_verdict(&run, &node, "clean", "kept", "scan failed");
+    assert_verdict(&run, &node, "vulnerable", "would-remove", "vulnerable");
 }
 
 /// The worker pod's memory limit in the chart's defaults, in bytes.

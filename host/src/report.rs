@@ -123,6 +123,10 @@ pub struct Summary {
     pub scan_cache_hits: usize,
     /// Trivy runs that read an image's layers to analyse it.
     pub trivy_runs: usize,
+    /// Of `trivyRuns`, those that read the layers in place from
+    /// containerd's content store; the others went through its export.
+    #[serde(default)]
+    pub layers_read_in_place: usize,
     /// Scans matched from a kept analysis, without reading the image
     /// (after a DB update, say).
     #[serde(default)]

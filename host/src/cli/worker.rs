@@ -126,6 +126,13 @@ pub struct WorkerArgs {
     /// [default: scour.trivyServer from --config].
     #[arg(long, env = "SCOUR_TRIVY_SERVER", value_parser = crate::scan::trivy::ServerUrl::parse, value_name = "URL")]
     trivy_server: Option<crate::scan::trivy::ServerUrl>,
+    /// Where Trivy reads image layers: in-place reads them where containerd
+    /// keeps them (its content store, below --image-fs in a pod), through
+    /// the export for an image it cannot; export always copies each image
+    /// out through containerd's API first (--image-src containerd, as Eraser
+    /// does), several times slower on real-sized images.
+    #[arg(long, env = "SCOUR_READ_LAYERS", value_enum, default_value_t, value_name = "FROM")]
+    read_layers: crate::scan::ReadLayers,
     /// Trivy's layer cache: memory (parallel scans share no lock; scour caches results per image itself) or fs.
     #[arg(long, env = "SCOUR_TRIVY_CACHE_BACKEND", default_value = "memory", value_parser = ["memory", "fs"], value_name = "BACKEND")]
     trivy_cache_backend: String,
@@ -139,7 +146,9 @@ pub struct WorkerArgs {
     /// worker pod is given the node's runtime root (/var/lib/containerd)
     /// here, read-only, because the mountpoint the runtime reports is a node
     /// path the pod cannot see. A DIR that cannot be measured is a warning
-    /// naming it, and policies then see no capacity.
+    /// naming it, and policies then see no capacity. containerd's content
+    /// store, where --read-layers in-place reads layers, is found through it
+    /// too.
     #[arg(long, env = "SCOUR_IMAGE_FS", value_name = "DIR")]
     image_fs: Option<PathBuf>,
     /// The node path that --image-fs shows, e.g. /var/lib/containerd.
@@ -405,6 +414,7 @@ fn prepare(mut args: WorkerArgs) -> Result<Prepared, Usage> {
             per_image_timeout: per_image,
             total_timeout: total,
             concurrency: scan_concurrency,
+            read_layers: args.read_layers,
         },
         vulnerable: eraser.as_ref().map(|c| c.vulnerable()).unwrap_or_default(),
         state_dir: Some(args.state_dir),

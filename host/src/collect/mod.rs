@@ -14,6 +14,7 @@ use scour_policy_sdk::{Image, ImageFs, ScanOutcome};
 pub use state::FirstSeen;
 
 use crate::cri::{CriClient, CriContainer, CriError, RuntimeInfo};
+use crate::scan::content_store::ContentStore;
 
 /// The node as the pass sees it.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct Inventory {
     pub image_fs: Option<ImageFs>,
     /// Where the image filesystem's capacity was measured, when it was.
     pub image_fs_measured_at: Option<PathBuf>,
+    /// containerd's content store, where the scan reads layers in place,
+    /// or why this process cannot see one.
+    pub content_store: Result<ContentStore, String>,
 }
 
 /// Where the image filesystem's capacity is measured. The runtime reports
@@ -76,7 +80,16 @@ pub async fn collect(
         tracing::warn!(error = %e, "cannot read the runtime's sandbox image from its status");
         None
     });
-    let (image_fs, image_fs_measured_at) = match cri.image_fs_info().await {
+    let fs_info = cri.image_fs_info().await;
+    let content_store = match &fs_info {
+        Ok(Some(fs)) => ContentStore::root_of(&fs.mountpoint).and_then(|root| {
+            let seen = probe.target(&root.to_string_lossy()).unwrap_or_else(|| root.to_owned());
+            ContentStore::at_root(&seen)
+        }),
+        Ok(None) => Err("the runtime reports no image filesystem".to_owned()),
+        Err(e) => Err(format!("cannot read the runtime's image filesystem: {e}")),
+    };
+    let (image_fs, image_fs_measured_at) = match fs_info {
         Ok(Some(fs)) => match fs.used_bytes {
             Some(used) => {
                 let measured = probe.target(&fs.mountpoint).and_then(|path| {
@@ -126,6 +139,7 @@ pub async fn collect(
         sandbox_image,
         image_fs,
         image_fs_measured_at,
+        content_store,
     })
 }
 

@@ -6,9 +6,11 @@
 //!
 //! The first scan of an image keeps its Trivy report without findings
 //! (`<id>.trivy.json`: one Trivy run, reading the image, gives both the
-//! findings and the analysis); the first match after that turns it into a
-//! CycloneDX SBOM (`<id>.cdx.json`, `trivy convert`), which later passes
-//! match directly.
+//! findings and the analysis). It becomes a CycloneDX SBOM (`<id>.cdx.json`,
+//! `trivy convert`, no DB): in the same pass for an image of 16 MiB or more,
+//! so a pass after a DB update only matches it; at its first match for a
+//! smaller one (where the convert would cost as much as its scan) or when
+//! the convert failed.
 //!
 //! Bounded on disk by the node's images: entries of images no longer on the
 //! node are deleted after each pass, and a new analysis key deletes them all.
@@ -80,6 +82,13 @@ impl AnalysisStore {
             crate::fsutil::write_atomically(&key_file, key.as_bytes())?;
         }
         Ok(Self { dir, _temp: None })
+    }
+
+    /// The store earlier passes left under `state_dir`, whatever its key:
+    /// enough to prune it on a pass that scanned nothing.
+    pub fn existing(state_dir: Option<&Path>) -> Option<Self> {
+        let dir = state_dir?.join(DIR);
+        dir.is_dir().then_some(Self { dir, _temp: None })
     }
 
     /// Where the analysis of image `id` in `form` lives; `None` for an id

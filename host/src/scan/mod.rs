@@ -3,7 +3,9 @@
 //! be kept between passes. Each image is analysed once (its OS and packages,
 //! from its layers: the slow part) into an SBOM kept per image id; every
 //! pass matches the kept analysis against the current DB, and a result under
-//! an unchanged DB and settings is reused outright.
+//! an unchanged DB and settings is reused outright. An image's layers are
+//! read in place from containerd's content store when this process can see
+//! it ([`content_store`]), through containerd's export otherwise.
 //!
 //! Any failure — a missing binary, a crash, a hang, garbage output, a missing
 //! or corrupt DB — becomes `failed(reason)` for the images it affects, and is
@@ -12,6 +14,7 @@
 
 mod analysis;
 mod cache;
+pub mod content_store;
 pub mod limits;
 pub mod trivy;
 
@@ -25,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use analysis::{AnalysisStore, Form};
 use cache::ScanCache;
-pub use trivy::{RunError, TrivyInfo, TrivyOptions};
+use content_store::{ContentStore, Layouts};
+pub use trivy::{ImageSource, RunError, TrivyInfo, TrivyOptions};
 
 /// Limits for a scan step.
 #[derive(Debug, Clone)]
@@ -37,6 +41,20 @@ pub struct ScanOptions {
     pub total_timeout: Duration,
     /// Trivy processes at once.
     pub concurrency: usize,
+    /// Where Trivy reads image layers from.
+    pub read_layers: ReadLayers,
+}
+
+/// Where Trivy reads an image's layers from (`--read-layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReadLayers {
+    /// In place from containerd's content store when this process can see
+    /// it, through the export for an image it cannot.
+    #[default]
+    InPlace,
+    /// Always through containerd's export API (`--image-src containerd`),
+    /// as Eraser does: a temp copy of each image.
+    Export,
 }
 
 /// Which scanned images count as vulnerable, for the report and metrics:
@@ -84,6 +102,8 @@ pub struct ScanRun {
     pub outcomes: HashMap<String, ScanOutcome>,
     /// Trivy runs that read an image to analyse it.
     pub trivy_runs: usize,
+    /// Of those, the runs that read its layers in place.
+    pub read_in_place: usize,
     /// Kept analyses matched against the DB without reading the image.
     pub analyses_reused: usize,
     /// Kept analyses found unreadable (corrupt, truncated, replaced) and
@@ -122,11 +142,18 @@ impl Kept {
         }
     }
 
-    /// Forgets images no longer on the node, and saves the results.
+    /// Forgets images no longer on the node, and saves the results. The
+    /// analyses are pruned too when this pass scanned nothing (all results
+    /// kept, or nothing selected): an image removed by someone else
+    /// meanwhile must not leave its analysis behind.
     pub fn retain_and_save(&mut self, present: &HashSet<&str>) {
         self.results.retain(present);
         self.results.save();
-        if let Some(store) = &self.analyses {
+        let store = self
+            .analyses
+            .clone()
+            .or_else(|| AnalysisStore::existing(self.state_dir.as_deref()).map(std::sync::Arc::new));
+        if let Some(store) = store {
             store.retain(present);
             let (count, bytes) = store.usage();
             tracing::debug!(phase = "scan", analyses = count, bytes, "image analyses kept");
@@ -152,9 +179,16 @@ impl Kept {
     }
 }
 
-/// Scans `images` (the policy's selection). Never fails as a whole: every
+/// Scans `images` (the policy's selection), reading layers from `content`
+/// where it can (`Err`: why there is no content store to read). Never fails as a whole: every
 /// image comes back with an outcome.
-pub async fn scan(opts: &ScanOptions, images: &[&Image], kept: &mut Kept, cancel: &CancellationToken) -> ScanRun {
+pub async fn scan(
+    opts: &ScanOptions,
+    images: &[&Image],
+    kept: &mut Kept,
+    content: Result<ContentStore, String>,
+    cancel: &CancellationToken,
+) -> ScanRun {
     let mut run = ScanRun::default();
     if images.is_empty() {
         return run;
@@ -212,6 +246,7 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], kept: &mut Kept, cancel
         }
     };
     let analysed = pending.iter().filter(|img| store.has(&img.id)).count();
+    let layouts = layouts(opts.read_layers, content, analysed < pending.len()).map(std::sync::Arc::new);
     tracing::info!(
         phase = "scan",
         selected = images.len(),
@@ -219,25 +254,29 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], kept: &mut Kept, cancel
         to_scan = pending.len(),
         analysed,
         concurrency = opts.concurrency,
+        layers_from = layouts
+            .as_ref()
+            .map(|l| l.store().blobs().display().to_string())
+            .unwrap_or("containerd's export".into()),
         "scanning"
     );
 
     let finished = crate::bounded::map_bounded(pending, opts.concurrency, |img| {
-        let refs = trivy::scan_refs(&img.digests, &img.tags);
-        let (id, trivy, cancel, store) = (img.id.clone(), opts.trivy.clone(), cancel.clone(), store.clone());
-        let per_image = opts.per_image_timeout;
+        let (trivy, cancel, store, layouts) = (opts.trivy.clone(), cancel.clone(), store.clone(), layouts.clone());
+        let (img, per_image) = (img.clone(), opts.per_image_timeout);
         async move {
             let outcome = tokio::select! {
-                o = scan_one(&trivy, &store, &id, &refs, per_image, deadline) => o,
+                o = scan_one(&trivy, &store, layouts.as_deref(), &img, per_image, deadline) => o,
                 () = cancel.cancelled() => Attempt::failed("scan interrupted: scour is shutting down"),
             };
-            (id, outcome)
+            (img.id.clone(), outcome)
         }
     })
     .await;
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
     for (id, attempt) in finished {
         run.trivy_runs += attempt.runs;
+        run.read_in_place += usize::from(attempt.in_place);
         run.analyses_reused += usize::from(attempt.reused);
         if let Some(why) = attempt.corrupt {
             run.corrupt_analyses.insert(id.clone(), why);
@@ -254,6 +293,23 @@ pub async fn scan(opts: &ScanOptions, images: &[&Image], kept: &mut Kept, cancel
         run.failures.push(FailureGroup { reason, images: count });
     }
     run
+}
+
+/// The pass's OCI layouts over the content store, when layers are to be
+/// read in place and some image needs reading; why not is logged once.
+fn layouts(read: ReadLayers, store: Result<ContentStore, String>, needed: bool) -> Option<Layouts> {
+    if read == ReadLayers::Export || !needed {
+        return None;
+    }
+    let made =
+        store.and_then(|store| Layouts::new(store).map_err(|e| format!("cannot make a temp dir for OCI layouts: {e}")));
+    match made {
+        Ok(layouts) => Some(layouts),
+        Err(why) => {
+            tracing::info!(phase = "scan", %why, "image layers are read through containerd's export");
+            None
+        }
+    }
 }
 
 /// Checks the binary and the DB once, and fetches the DB when allowed.
@@ -299,6 +355,8 @@ struct Attempt {
     reused: bool,
     /// The kept analysis was unreadable, and why.
     corrupt: Option<String>,
+    /// The run that read the image read its layers in place.
+    in_place: bool,
 }
 
 impl Attempt {
@@ -313,6 +371,7 @@ impl Attempt {
             runs,
             reused: false,
             corrupt: None,
+            in_place: false,
         }
     }
 
@@ -323,24 +382,33 @@ impl Attempt {
             runs,
             reused,
             corrupt: None,
+            in_place: false,
         }
     }
 }
 
+/// Images at least this large (as CRI reports them) get their SBOM in the
+/// pass that analyses them: `trivy convert` (about 40 ms) is then a few
+/// percent of reading the image, where for a 16 KiB image it is as much
+/// again as the whole scan.
+const SBOM_AT_ANALYSIS_MIN_BYTES: u64 = 16 << 20;
+
 const DEADLINE_PASSED: &str = "the scan step's total deadline passed before this image was scanned";
 
 /// Matches the image's kept analysis against the DB. Without a usable one,
-/// scans the image itself (reading its layers, by each of its references in
-/// turn) and keeps the analysis that scan gives. A failed match keeps the
-/// analysis: the DB or Trivy failed, not the image's packages.
+/// scans the image itself (reading its layers in place, or through the
+/// export by each of its references in turn) and keeps the analysis that
+/// scan gives. A failed match keeps the analysis: the DB or Trivy failed,
+/// not the image's packages.
 async fn scan_one(
     trivy: &TrivyOptions,
     store: &AnalysisStore,
-    id: &str,
-    refs: &[String],
+    layouts: Option<&Layouts>,
+    img: &Image,
     per_image: Duration,
     deadline: Instant,
 ) -> Attempt {
+    let id = img.id.as_str();
     let (Some(sbom), Some(report)) = (store.path(id, Form::Sbom), store.path(id, Form::Report)) else {
         return Attempt::failed("the image id is not a digest; it cannot be scanned");
     };
@@ -357,7 +425,7 @@ async fn scan_one(
     let mut attempt = if sbom.is_file() || report.is_file() && to_sbom(trivy, store, id, &report, &budget).await {
         rematch(trivy, id, &sbom, &budget).await
     } else {
-        analyse(trivy, store, id, refs, &budget).await
+        analyse(trivy, store, layouts, img, &budget).await
     };
     attempt.corrupt = corrupt;
     attempt
@@ -372,7 +440,26 @@ async fn to_sbom(
     report: &Path,
     budget: &impl Fn() -> Duration,
 ) -> bool {
-    let Some(scratch) = store.scratch(id) else { return false };
+    match make_sbom(trivy, store, id, report, budget).await {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(phase = "scan", image = id, %why, "cannot turn a kept analysis into an SBOM; scanning the image again");
+            store.discard(id, Form::Report);
+            false
+        }
+    }
+}
+
+/// `trivy convert` of the kept report of `id` into its kept SBOM, which
+/// then replaces the report.
+async fn make_sbom(
+    trivy: &TrivyOptions,
+    store: &AnalysisStore,
+    id: &str,
+    report: &Path,
+    budget: &impl Fn() -> Duration,
+) -> Result<(), String> {
+    let scratch = store.scratch(id).ok_or("the image id is not a digest")?;
     let made = match trivy.to_sbom(report, &scratch, budget()).await {
         Ok(()) => match analysis::check(&scratch, Form::Sbom) {
             analysis::Check::Usable => store.keep(id, Form::Sbom, &scratch).map_err(|e| e.to_string()),
@@ -380,15 +467,10 @@ async fn to_sbom(
         },
         Err(e) => Err(e.to_string()),
     };
-    match made {
-        Ok(()) => true,
-        Err(why) => {
-            let _ = std::fs::remove_file(&scratch);
-            tracing::warn!(phase = "scan", image = id, %why, "cannot turn a kept analysis into an SBOM; scanning the image again");
-            store.discard(id, Form::Report);
-            false
-        }
+    if made.is_err() {
+        let _ = std::fs::remove_file(&scratch);
     }
+    made
 }
 
 /// Matches the kept SBOM against the DB, once more if that fails for a
@@ -415,34 +497,62 @@ async fn rematch(trivy: &TrivyOptions, id: &str, sbom: &Path, budget: &impl Fn()
     }
 }
 
-/// Scans the image from its layers, trying each reference in turn, and
-/// keeps its analysis.
+/// Scans the image from its layers, in place if it can and then through
+/// the export by each reference in turn, and keeps its analysis.
 async fn analyse(
     trivy: &TrivyOptions,
     store: &AnalysisStore,
-    id: &str,
-    refs: &[String],
+    layouts: Option<&Layouts>,
+    img: &Image,
     budget: &impl Fn() -> Duration,
 ) -> Attempt {
-    if refs.is_empty() {
+    let id = img.id.as_str();
+    let refs = trivy::scan_refs(&img.digests, &img.tags);
+    let layout = layouts.and_then(|l| {
+        l.layout(img)
+            .inspect_err(
+                |why| tracing::debug!(phase = "scan", image = id, %why, "reading the image through the export"),
+            )
+            .ok()
+    });
+    let sources: Vec<ImageSource> = layout
+        .as_deref()
+        .map(ImageSource::Layout)
+        .into_iter()
+        .chain(refs.iter().map(|r| ImageSource::Export(r)))
+        .collect();
+    if sources.is_empty() {
         return Attempt::failed("the image has no tag or digest to scan it by");
     }
     let mut last = (String::new(), String::new());
     let mut runs = 0;
-    for r in refs {
+    for source in &sources {
         let remaining = budget();
         if remaining.is_zero() {
             return Attempt::failed_after(DEADLINE_PASSED.to_owned(), DEADLINE_PASSED.to_owned(), runs);
         }
         runs += 1;
-        match trivy.analyse(r, remaining).await {
+        match trivy.analyse(source, remaining).await {
             Ok((report, analysis)) => {
-                keep_report(store, id, &analysis);
-                return Attempt::scanned(report, runs, false);
+                // A large image gets its SBOM now, so that a pass after a
+                // DB update only matches it; a small one's would double its
+                // first scan, and is made at its first match instead.
+                if let Some(kept) = keep_report(store, id, &analysis)
+                    && img.size >= SBOM_AT_ANALYSIS_MIN_BYTES
+                    && let Err(why) = make_sbom(trivy, store, id, &kept, budget).await
+                {
+                    tracing::debug!(phase = "scan", image = id, %why, "analysis kept as a report; it becomes an SBOM at its first match");
+                }
+                let mut attempt = Attempt::scanned(report, runs, false);
+                attempt.in_place = matches!(source, ImageSource::Layout(_));
+                return attempt;
             }
             Err(e) => {
                 let reason = e.to_string();
-                let cause = reason.replace(r.as_str(), "<image>");
+                let cause = reason.replace(&source.to_string(), "<image>");
+                if let ImageSource::Layout(dir) = source {
+                    tracing::warn!(phase = "scan", image = id, layout = %dir.display(), %reason, "reading the layers in place failed; trying containerd's export");
+                }
                 let fatal = matches!(e, RunError::NotFound(_));
                 last = (reason, cause);
                 if fatal {
@@ -454,13 +564,47 @@ async fn analyse(
     Attempt::failed_after(last.0, last.1, runs)
 }
 
-/// Keeps a fresh analysis; one that cannot be written is only a warning,
-/// since the scan itself succeeded and the next pass scans again.
-fn keep_report(store: &AnalysisStore, id: &str, analysis: &[u8]) {
-    let Some(scratch) = store.scratch(id) else { return };
+/// Keeps a fresh analysis, and says where; one that cannot be written is
+/// only a warning, since the scan itself succeeded and the next pass scans
+/// again.
+fn keep_report(store: &AnalysisStore, id: &str, analysis: &[u8]) -> Option<PathBuf> {
+    let scratch = store.scratch(id)?;
     let kept = std::fs::write(&scratch, analysis).and_then(|()| store.keep(id, Form::Report, &scratch));
-    if let Err(e) = kept {
-        let _ = std::fs::remove_file(&scratch);
-        tracing::warn!(phase = "scan", image = id, error = %e, "cannot keep the image's analysis");
+    match kept {
+        Ok(()) => store.path(id, Form::Report),
+        Err(e) => {
+            let _ = std::fs::remove_file(&scratch);
+            tracing::warn!(phase = "scan", image = id, error = %e, "cannot keep the image's analysis");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_that_scans_nothing_still_prunes_the_analyses_of_removed_images() {
+        let state = tempfile::tempdir().unwrap();
+        let (kept_id, gone_id) = ("sha256:aaaa", "sha256:bbbb");
+        let store = AnalysisStore::open(Some(state.path()), "key").unwrap();
+        for id in [kept_id, gone_id] {
+            std::fs::write(store.path(id, Form::Sbom).unwrap(), b"{}").unwrap();
+        }
+        let (kept_file, gone_file) = (
+            store.path(kept_id, Form::Sbom).unwrap(),
+            store.path(gone_id, Form::Sbom).unwrap(),
+        );
+        drop(store);
+
+        // A later pass whose results were all kept never opens the store.
+        let mut kept = Kept::load(Some(state.path()));
+        kept.retain_and_save(&HashSet::from([kept_id]));
+        assert!(kept_file.is_file());
+        assert!(!gone_file.exists(), "the removed image's analysis is left behind");
+
+        // No state dir, nothing to prune, no panic.
+        Kept::load(None).retain_and_save(&HashSet::new());
     }
 }

@@ -96,6 +96,26 @@ impl std::fmt::Display for ServerUrl {
     }
 }
 
+/// Where Trivy reads an image's layers from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageSource<'a> {
+    /// Through containerd's export API, by tag or `repo@digest`
+    /// (`--image-src containerd`): a copy of the whole image in a temp file.
+    Export(&'a str),
+    /// In place, from an OCI layout over containerd's content store
+    /// (`--input`; see [`super::content_store`]).
+    Layout(&'a Path),
+}
+
+impl std::fmt::Display for ImageSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSource::Export(reference) => f.write_str(reference),
+            ImageSource::Layout(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
 /// What Trivy looks for (`--scanners`).
 const SCANNERS: &str = "vuln";
 
@@ -211,16 +231,18 @@ impl TrivyOptions {
         )
     }
 
-    /// Scans one image held by containerd, by tag or `repo@digest`, reading
-    /// its layers: the report, and its analysis (OS and every package, the
-    /// report without its findings) for [`TrivyOptions::to_sbom`] to turn
-    /// into an SBOM when the DB changes.
-    pub async fn analyse(&self, reference: &str, timeout: Duration) -> Result<(ScanReport, Vec<u8>), RunError> {
+    /// Scans one image held by containerd, reading its layers: the report,
+    /// and its analysis (OS and every package, the report without its
+    /// findings) for [`TrivyOptions::to_sbom`] to turn into an SBOM when
+    /// the DB changes.
+    pub async fn analyse(
+        &self,
+        source: &ImageSource<'_>,
+        timeout: Duration,
+    ) -> Result<(ScanReport, Vec<u8>), RunError> {
         let mut cmd = self.command();
         cmd.args([
             "image",
-            "--image-src",
-            "containerd",
             "--format",
             "json",
             "--scanners",
@@ -243,7 +265,10 @@ impl TrivyOptions {
             cmd.arg("--offline-scan");
         }
         self.common_args(&mut cmd, timeout);
-        cmd.arg(reference);
+        match source {
+            ImageSource::Export(reference) => cmd.args(["--image-src", "containerd"]).arg(reference),
+            ImageSource::Layout(dir) => cmd.arg("--input").arg(dir),
+        };
         let stdout = self.run_bounded(cmd, timeout).await?;
         let report = parse_report(&stdout).map_err(RunError::Garbage)?;
         let analysis = without_findings(&stdout).map_err(RunError::Garbage)?;
@@ -254,6 +279,7 @@ impl TrivyOptions {
     /// SBOM at `out` (`trivy convert`; no DB, no image).
     pub async fn to_sbom(&self, analysis: &Path, out: &Path, timeout: Duration) -> Result<(), RunError> {
         let mut cmd = self.command();
+        self.go_env(&mut cmd);
         cmd.args(["convert", "--format", "cyclonedx", "-q"]);
         cmd.arg("--output").arg(out);
         cmd.arg(analysis);
@@ -280,7 +306,12 @@ impl TrivyOptions {
             Some(server) => {
                 cmd.arg("--server").arg(server.as_str());
             }
-            None => self.db_args(&mut cmd),
+            None => {
+                // Trivy's fs cache would only hold this SBOM, under a file
+                // lock that makes parallel matches wait for each other.
+                cmd.args(["--cache-backend", "memory"]);
+                self.db_args(&mut cmd);
+            }
         }
         self.common_args(&mut cmd, timeout);
         cmd.arg(sbom);
@@ -301,9 +332,7 @@ impl TrivyOptions {
     /// and Trivy's own `--timeout`, shared by the scan and the match.
     fn common_args(&self, cmd: &mut Command, timeout: Duration) {
         self.cache_args(cmd);
-        cmd.env("GOGC", "off")
-            .env("GOMEMLIMIT", self.go_memory_limit.to_string())
-            .env("GOMAXPROCS", self.go_max_procs.max(1).to_string());
+        self.go_env(cmd);
         if !self.pkg_types.is_empty() {
             cmd.arg("--pkg-types").arg(self.pkg_types.join(","));
         }
@@ -311,6 +340,13 @@ impl TrivyOptions {
             cmd.arg("--ignore-status").arg(self.ignore_statuses.join(","));
         }
         cmd.arg("--timeout").arg(format!("{}s", timeout.as_secs().max(1)));
+    }
+
+    /// The Go runtime settings of a short-lived Trivy (see the fields).
+    fn go_env(&self, cmd: &mut Command) {
+        cmd.env("GOGC", "off")
+            .env("GOMEMLIMIT", self.go_memory_limit.to_string())
+            .env("GOMAXPROCS", self.go_max_procs.max(1).to_string());
     }
 
     /// Trivy's own timeout first; ours, a little later, kills it for good.

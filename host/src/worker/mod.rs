@@ -169,6 +169,7 @@ async fn pass(
         images,
         sandbox_image,
         image_fs,
+        content_store,
         ..
     } = inventory;
     let ctx = Context {
@@ -199,7 +200,7 @@ async fn pass(
     let run = {
         let wanted: std::collections::HashSet<&str> = selected.iter().map(String::as_str).collect();
         let to_scan: Vec<&Image> = images.iter().filter(|i| wanted.contains(i.id.as_str())).collect();
-        scan::scan(&cfg.scan, &to_scan, &mut kept, cancel).await
+        scan::scan(&cfg.scan, &to_scan, &mut kept, content_store, cancel).await
     };
     for img in &mut images {
         if let Some(outcome) = run.outcomes.get(&img.id) {
@@ -215,6 +216,7 @@ async fn pass(
     report.summary.scan_failed = run.failed();
     report.summary.scan_cache_hits = run.cache_hits;
     report.summary.trivy_runs = run.trivy_runs;
+    report.summary.layers_read_in_place = run.read_in_place;
     report.summary.analyses_reused = run.analyses_reused;
     if !run.failures.is_empty() {
         let causes: Vec<String> = run

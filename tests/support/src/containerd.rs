@@ -532,6 +532,14 @@ impl PrivateContainerd {
         result.map(|()| built)
     }
 
+    /// The file of a `sha256:<hex>` blob in this instance's content store.
+    pub fn content_blob(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.dir
+            .join("root/io.containerd.content.v1.content/blobs/sha256")
+            .join(hex)
+    }
+
     fn scratch_path(&self, name: &str) -> PathBuf {
         let n = self.imports.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("import-{n}-{name}"))

@@ -53,12 +53,34 @@ pub fn fake_trivy_calls(dir: &Path) -> usize {
 /// Wraps the real Trivy to count its image scans: a script that logs each
 /// `trivy image` call to `<dir>/calls` and execs the real binary.
 pub fn counting_trivy(dir: &Path, real: &Path) -> PathBuf {
+    wrapper(dir, real, "")
+}
+
+/// Like [`counting_trivy`], but every scan that reads an image in place
+/// (`--input`, an OCI layout) fails as Trivy fails on a layout it cannot
+/// open; scans through containerd's export run for real.
+pub fn layout_refusing_trivy(dir: &Path, real: &Path) -> PathBuf {
+    wrapper(
+        dir,
+        real,
+        "for a in \"$@\"; do if [ \"$a\" = --input ]; then echo '2026-01-01T00:00:00Z\tFATAL\tFatal error\trun error: unable to open the layout as an OCI Image' >&2; exit 1; fi; done\n",
+    )
+}
+
+fn wrapper(dir: &Path, real: &Path, before: &str) -> PathBuf {
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = image ]; then echo \"$@\" >> \"$(dirname \"$0\")/calls\"; fi\nexec '{}' \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1\" = image ]; then echo \"$@\" >> \"$(dirname \"$0\")/calls\"; fi\n{before}exec '{}' \"$@\"\n",
         real.display()
     );
     let path = dir.join("trivy");
-    std::fs::write(&path, script).expect("write the counting trivy");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod the counting trivy");
+    std::fs::write(&path, script).expect("write the trivy wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod the trivy wrapper");
     path
+}
+
+/// The arguments of each `trivy image` run a wrapper or fake logged.
+pub fn trivy_image_calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls"))
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
 }

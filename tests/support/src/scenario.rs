@@ -168,10 +168,18 @@ impl TestNode {
     /// The real Trivy behind a wrapper that counts its `trivy image` runs
     /// (the ones that read an image): the wrapper's path, and the count so far.
     pub fn counting_trivy(&self) -> (PathBuf, impl Fn() -> usize + use<>) {
-        let dir = self.work.path().join(format!("counting-{}", rand_suffix()));
-        std::fs::create_dir_all(&dir).expect("a dir for the counting trivy");
-        let trivy = crate::fake_trivy::counting_trivy(&dir, &self.trivy);
-        (trivy, move || crate::fake_trivy::fake_trivy_calls(&dir))
+        let (trivy, calls) = self.recording_trivy(crate::fake_trivy::counting_trivy);
+        (trivy, move || calls().len())
+    }
+
+    /// The real Trivy behind a wrapper (`fake_trivy::counting_trivy` or
+    /// `layout_refusing_trivy`): its path, and the arguments of each of its
+    /// `trivy image` runs so far.
+    pub fn recording_trivy(&self, wrapper: fn(&Path, &Path) -> PathBuf) -> (PathBuf, impl Fn() -> Vec<String> + use<>) {
+        let dir = self.work.path().join(format!("recording-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("a dir for the trivy wrapper");
+        let trivy = wrapper(&dir, &self.trivy);
+        (trivy, move || crate::fake_trivy::trivy_image_calls(&dir))
     }
 
     /// `scour worker` against this node with the usual flags: real Trivy,
