@@ -83,7 +83,7 @@ impl ContentStore {
         path.is_file().then_some(path)
     }
 
-    fn read_small(&self, digest: &str) -> Result<(Vec<u8>, u64), String> {
+    fn read_small(&self, digest: &str) -> Result<Vec<u8>, String> {
         let path = self
             .blob(digest)
             .ok_or_else(|| format!("blob {digest} is not in the content store"))?;
@@ -94,8 +94,7 @@ impl ContentStore {
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(format!("blob {digest} is larger than a manifest can be"));
         }
-        let size = bytes.len() as u64;
-        Ok((bytes, size))
+        Ok(bytes)
     }
 
     /// The manifest of `image` in this store: the one a repo digest names
@@ -125,7 +124,7 @@ impl ContentStore {
     /// `digest` as the image's manifest, or the manifest an index at
     /// `digest` lists for it.
     fn resolve(&self, digest: &str, listed_type: Option<&str>, image_id: &str) -> Result<Descriptor, String> {
-        let (bytes, size) = self.read_small(digest)?;
+        let bytes = self.read_small(digest)?;
         let doc: Document =
             serde_json::from_slice(&bytes).map_err(|e| format!("blob {digest} is not a manifest or index: {e}"))?;
         let media_type = doc.media_type.as_deref().or(listed_type);
@@ -135,6 +134,7 @@ impl ContentStore {
             }
             let mut why = format!("index {digest} lists no manifest of image {image_id} held here");
             for child in manifests.iter().filter(|m| m.media_type.as_deref() != Some(OCI_INDEX)) {
+                // Other platforms' manifests are not pulled here.
                 if self.blob(&child.digest).is_none() {
                     continue;
                 }
@@ -175,7 +175,7 @@ impl ContentStore {
         Ok(Descriptor {
             media_type: media_type.to_owned(),
             digest: digest.to_owned(),
-            size,
+            size: bytes.len() as u64,
         })
     }
 }

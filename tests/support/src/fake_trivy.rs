@@ -45,9 +45,7 @@ pub fn fake_trivy(dir: &Path, how: Misbehaviour) -> PathBuf {
 
 /// How many scans a fake started.
 pub fn fake_trivy_calls(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("calls"))
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
+    trivy_image_calls(dir).len()
 }
 
 /// Wraps the real Trivy to count its image scans: a script that logs each

@@ -404,23 +404,23 @@ impl TestImage {
             "os": "linux",
             "rootfs": {"diff_ids": diff_ids, "type": "layers"},
         }));
-        let descriptor = |media_type: &str, digest: &str, size: u64| json!({"digest": digest, "mediaType": media_type, "size": size});
-        let manifest = to_json(&json!({
-            "config": descriptor(MEDIA_TYPE_CONFIG, &sha256_digest(&config), config.len() as u64),
-            "layers": layers.iter().zip(&layer_files).zip(&diff_ids).map(|((bytes, file), diff_id)| match file {
-                Some(t) => descriptor(t.media_type(), &t.blob().diff_id, t.blob().size),
-                None => descriptor(MEDIA_TYPE_LAYER, diff_id, bytes.len() as u64),
-            }).collect::<Vec<_>>(),
-            "mediaType": MEDIA_TYPE_MANIFEST,
-            "schemaVersion": 2,
-        }));
-        BuiltImage {
+        let mut built = BuiltImage {
             refs: self.refs.clone(),
             config,
             layers,
             layer_files,
-            manifest,
-        }
+            manifest: Vec::new(),
+        };
+        let descriptor = |media_type: &str, digest: &str, size: u64| json!({"digest": digest, "mediaType": media_type, "size": size});
+        built.manifest = to_json(&json!({
+            "config": descriptor(MEDIA_TYPE_CONFIG, &built.image_id(), built.config.len() as u64),
+            "layers": (0..built.layers.len())
+                .map(|i| descriptor(built.layer_media_type(i), &built.layer_blob_digest(i), built.layer_size(i)))
+                .collect::<Vec<_>>(),
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "schemaVersion": 2,
+        }));
+        built
     }
 
     /// The predicted CRI image id, `sha256:<sha256 of the config>`.
@@ -481,6 +481,12 @@ impl BuiltImage {
         }
     }
 
+    fn layer_media_type(&self, i: usize) -> &'static str {
+        self.layer_files[i]
+            .as_ref()
+            .map_or(MEDIA_TYPE_LAYER, TarFile::media_type)
+    }
+
     /// Size in bytes of layer `i`'s blob (compressed, when it is).
     pub fn layer_size(&self, i: usize) -> u64 {
         match &self.layer_files[i] {
@@ -489,10 +495,18 @@ impl BuiltImage {
         }
     }
 
-    /// Layer `i` as a blob to write.
+    /// Layer `i` as a blob to write, as the image holds it.
     fn layer_blob(&self, i: usize) -> Blob<'_> {
+        match self.layer_tar(i) {
+            Blob::File(t) => Blob::File(t.blob()),
+            uncompressed => uncompressed,
+        }
+    }
+
+    /// Layer `i` uncompressed, as a blob to write.
+    fn layer_tar(&self, i: usize) -> Blob<'_> {
         match &self.layer_files[i] {
-            Some(t) => Blob::File(t.blob()),
+            Some(t) => Blob::File(t),
             None => Blob::Bytes(&self.layers[i]),
         }
     }
@@ -646,11 +660,7 @@ fn write_docker_archive_to<W: Write>(built: &BuiltImage, tar: &mut TarWriter<W>)
     let mut files: BTreeMap<String, Blob<'_>> = BTreeMap::new();
     // A docker archive holds its layers uncompressed, as `docker save` does.
     for (i, name) in layer_names.iter().enumerate() {
-        let blob = match &built.layer_files[i] {
-            Some(t) => Blob::File(t),
-            None => Blob::Bytes(&built.layers[i]),
-        };
-        files.insert(name.clone(), blob);
+        files.insert(name.clone(), built.layer_tar(i));
     }
     files.insert(config_name, Blob::Bytes(&built.config));
     files.insert("manifest.json".into(), Blob::Bytes(&manifest));
